@@ -1,0 +1,29 @@
+# normbench: `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.normbench-installed
+
+.PHONY: run test test-all data clean-venv
+
+# The venv is rebuilt only when the project's dependencies change.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+data:
+	bash scripts/get_data.sh
+
+run: $(STAMP) data
+	$(BIN)/normbench run configs/quickstart.yaml
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest
+
+# Everything, the slow end-to-end tests included (GPU tests still skip without CUDA).
+test-all: $(STAMP) data
+	$(BIN)/python -m pytest -m 'not gpu or gpu'
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+"""The `normbench` command line: commands declare options and call library code, nothing more.
+
+Every NormbenchError becomes one red line on stderr and its exit code; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from normbench import __version__
+from normbench.errors import EXIT_INTERRUPTED, NormbenchError
+
+app = typer.Typer(
+    name="normbench",
+    help="A lab bench for normalization layers: train, sweep, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def fail(message: str, code: int) -> None:
+    """Print one red error line on stderr and exit with `code`."""
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(command):
+    """Turn NormbenchError (and Ctrl-C) into a one-line message and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except NormbenchError as exc:
+            fail(exc.message, exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def _sigterm_as_interrupt() -> None:
+    """Let SIGTERM end a run like Ctrl-C does: status recorded, files flushed."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. some test runners)
+        pass
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"normbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """A lab bench for normalization layers: train, sweep, report."""
+
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set norm.type=group (repeatable)."),
+]
+ResultsDirOption = Annotated[Path, typer.Option("--results-dir", help="Folder for run directories.")]
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", help="Dataset folder (overrides the config's dataset.data_dir and $NORMBENCH_DATA)."),
+]
+
+
+@app.command()
+@handle_errors
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/quickstart.yaml.")],
+    set_: SetOption = None,
+    results_dir: ResultsDirOption = Path("results"),
+    data_dir: DataDirOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved config; train nothing.")] = False,
+) -> None:
+    """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv)."""
+    from normbench import train
+    from normbench.config import dump, load_config
+    from normbench.progress import RichReporter
+
+    cfg = load_config(config, set_ or [])
+    if dry_run:
+        train.resolve_device(cfg.device)
+        train.check_buildable(cfg)
+        typer.echo(dump(cfg), nl=False)
+        return
+    _sigterm_as_interrupt()
+    outcome = train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
+    if outcome.status == "completed":
+        final = outcome.final
+        console.print(
+            f"[green]completed[/] {cfg.name}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
+            f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
+            f"({final['mean_samples_per_s']:,.0f} samples/s)",
+            highlight=False,
+        )
+        console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
+        return
+    fail(f"run {outcome.status}: {outcome.reason}; results so far in {outcome.run_dir}", outcome.exit_code)
+
+
+@app.command()
+def norms() -> None:
+    """List the registered normalization layers and what each normalizes over."""
+    from rich.table import Table
+
+    from normbench.norms import NORMS
+
+    table = Table(title="normbench norms")
+    for column in ("name", "what", "on maps (N, C, H, W)", "on features (N, F)", "batch-dependent"):
+        table.add_column(column)
+    for spec in NORMS.values():
+        table.add_row(spec.name, spec.summary, spec.maps, spec.features, "yes" if spec.batch_dependent else "no")
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the console script and `python -m normbench`."""
+    app()

@@ -1,0 +1,253 @@
+"""Run configuration: every option in one place, validated strictly, frozen, dumped with the run.
+
+A config is a YAML mapping. Unknown keys, wrong types and out-of-range values are all reported
+at once, each with its full key path (e.g. `norm.groups`), the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from normbench.errors import ConfigError
+from normbench.models import MODELS
+from normbench.norms import IMPLS, NORMS
+
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
+
+
+class _Strict(BaseModel):
+    # Strict: "8" is not an int, unknown keys are errors, a validated config cannot change.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatasetConfig(_Strict):
+    """Which data to train on; a bare string `dataset: mnist` is short for `dataset: {name: mnist}`."""
+
+    name: str = Field("fashion-mnist", description="fashion-mnist | mnist | cifar10 | cifar100 | synthetic")
+    data_dir: str | None = Field(None, description="folder holding the dataset (else NORMBENCH_DATA, then system copies)")
+    # The keys below are used by `synthetic` only.
+    shape: list[int] = Field([1, 28, 28], description="synthetic: sample shape (C, H, W)")
+    num_classes: int = Field(10, ge=2, description="synthetic: number of classes")
+    train_samples: int = Field(2048, ge=2, description="synthetic: training set size")
+    test_samples: int = Field(512, ge=1, description="synthetic: test set size")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset; valid datasets: {', '.join(DATASET_NAMES)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _chw(cls, value: list[int]) -> list[int]:
+        if len(value) != 3 or min(value) < 1:
+            raise ValueError("must be three positive integers [C, H, W]")
+        return value
+
+
+class NormConfig(_Strict):
+    """The normalization layer used in every norm slot of the model."""
+
+    type: str = Field("batch", description="registered norm name (see `normbench norms` / README)")
+    eps: float = Field(1e-5, gt=0, description="added to the variance before the square root")
+    momentum: float | None = Field(0.1, ge=0, le=1, description="running-statistics update weight; null = cumulative average")
+    affine: bool | None = Field(None, description="learnable gamma/beta; null = the layer's PyTorch default")
+    track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default")
+    groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = largest divisor of C <= 32")
+    placement: Literal["pre", "post"] = Field("pre", description="norm before (pre) or after (post) the activation")
+    impl: str = Field("torch", description="implementation: torch (PyTorch modules)")
+
+    @field_validator("type")
+    @classmethod
+    def _known_norm(cls, value: str) -> str:
+        if value not in NORMS:
+            raise ValueError(f"unknown norm; valid norms: {', '.join(NORMS)}")
+        return value
+
+    @field_validator("impl")
+    @classmethod
+    def _known_impl(cls, value: str) -> str:
+        if value not in IMPLS:
+            raise ValueError(f"unknown implementation; valid: {', '.join(IMPLS)}")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options `norms.make_norm` takes."""
+        return {
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+            "groups": self.groups,
+        }
+
+
+class OptimizerConfig(_Strict):
+    """The optimizer; `momentum` is used by sgd only."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("adam", description="sgd | adam | adamw")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
+
+
+class Config(_Strict):
+    """One training run."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name, used in the run directory")
+    seed: int = Field(0, ge=0, description="seeds torch, numpy, random, init and data order")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda, then mps, then cpu")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: str = Field("cnn", description="cnn | mlp | bn_mlp")
+    norm: NormConfig = Field(default_factory=NormConfig)
+    batch_size: int = Field(64, ge=1, description="training batch size (samples per step)")
+    epochs: int = Field(1, ge=1, description="passes over the training set")
+    max_samples: int | None = Field(None, ge=1, description="training budget in samples; overrides epochs")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: Literal["none", "cosine", "step"] = Field("none", description="lr schedule over all steps")
+    eval_batch_size: int = Field(1000, ge=1, description="batch size for evaluation")
+    log_every: int = Field(50, ge=1, description="write a steps.csv row every this many steps")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision for training and eval")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _norm_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model; valid models: {', '.join(MODELS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.batch_size < 2 and NORMS[self.norm.type].batch_dependent:
+            raise ValueError(
+                f"batch_size={self.batch_size} with norm.type={self.norm.type}: batch statistics need "
+                "at least 2 samples per batch; use batch_size >= 2 or another norm"
+            )
+        if self.max_samples is not None and self.max_samples < self.batch_size:
+            raise ValueError(f"max_samples={self.max_samples} is less than one batch of {self.batch_size}")
+        return self
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The valid keys of the mapping at `loc` (a path into the config), if it is a known section."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict) -> str:
+    """One problem as `path=value: what is allowed`."""
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc[:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key '{path}'{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{path}: required"
+    if not loc:  # a whole-config check: the message names its keys
+        return message
+    return f"{path}={error['input']!r}: {message}"
+
+
+def validate(data: Any, source: str) -> Config:
+    """Validate a config mapping; all problems become one ConfigError line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping of keys to values, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"invalid config {source}: {problems}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=VALUE` -> (['a', 'b'], VALUE parsed as YAML, so 8 is an int and null is None)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set norm.type=group")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of `data` with each `KEY=VALUE` set at its dotted path."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and part in ("dataset", "norm"):  # expand the shorthand
+                child = {"name" if part == "dataset" else "type": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{'.'.join(path[: i + 1])}' is not a section")
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a one-line ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc}") from None
+
+
+def load_config(path: Path | str, overrides: list[str] | tuple = ()) -> Config:
+    """Read, override and validate a config file; `name` defaults to the file's stem."""
+    path = Path(path)
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+        data = apply_overrides(data, list(overrides))
+    return validate(data, str(path))
+
+
+def to_dict(config: Config) -> dict:
+    """The resolved config as plain data (what config.yaml holds)."""
+    return config.model_dump(mode="json")
+
+
+def dump(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,277 @@
+"""Datasets as device-resident tensors.
+
+Each split is held whole as one normalized float32 tensor (N, C, H, W) on the run's device;
+training slices batches from it by a seeded permutation, with no per-sample loader.
+
+Lookup for a real dataset: `data_dir` (config or --data-dir), else $NORMBENCH_DATA; then the
+system copy (Debian's dataset-fashion-mnist for Fashion-MNIST); then torchvision's download.
+If all fail, one error names every place tried. Other data is never substituted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision import datasets as tv
+
+from normbench.errors import NormbenchError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset: sample shape (C, H, W), classes, torchvision class."""
+
+    name: str
+    shape: tuple[int, int, int]
+    num_classes: int
+    torchvision_class: type | None
+    how_to_get: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", (1, 28, 28), 10, tv.FashionMNIST,
+        "install Debian's package (sudo apt-get install dataset-fashion-mnist) or put the four idx files "
+        "(.gz or not) in DATA_DIR/FashionMNIST/raw/ and pass --data-dir DATA_DIR",
+    ),
+    "mnist": DatasetInfo(
+        "mnist", (1, 28, 28), 10, tv.MNIST,
+        "put the four MNIST idx files (.gz or not) in DATA_DIR/MNIST/raw/ and pass --data-dir DATA_DIR",
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", (3, 32, 32), 10, tv.CIFAR10,
+        "unpack cifar-10-python.tar.gz into DATA_DIR (giving DATA_DIR/cifar-10-batches-py/) and pass --data-dir DATA_DIR",
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", (3, 32, 32), 100, tv.CIFAR100,
+        "unpack cifar-100-python.tar.gz into DATA_DIR (giving DATA_DIR/cifar-100-python/) and pass --data-dir DATA_DIR",
+    ),
+}
+
+
+@dataclass
+class TensorData:
+    """A dataset held as tensors: x (N, C, H, W) float32 normalized, y (N,) int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    info: dict = field(default_factory=dict)  # source, normalization, checksums: goes into meta.json
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+
+def dataset_shape(dataset_cfg) -> tuple[tuple[int, int, int], int]:
+    """(sample shape (C, H, W), number of classes) for a dataset config, without loading it."""
+    if dataset_cfg.name == "synthetic":
+        return tuple(dataset_cfg.shape), dataset_cfg.num_classes
+    info = DATASETS[dataset_cfg.name]
+    return info.shape, info.num_classes
+
+
+def user_data_dir(dataset_cfg, override: str | Path | None = None) -> Path | None:
+    """The user's data folder: --data-dir, else config data_dir, else $NORMBENCH_DATA."""
+    for candidate in (override, dataset_cfg.data_dir, os.environ.get("NORMBENCH_DATA")):
+        if candidate:
+            return Path(candidate).expanduser()
+    return None
+
+
+def cache_dir() -> Path:
+    """Where normbench unpacks compressed dataset files ($NORMBENCH_CACHE or ~/.cache/normbench)."""
+    return Path(os.environ.get("NORMBENCH_CACHE") or Path.home() / ".cache" / "normbench")
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST-format datasets (MNIST, Fashion-MNIST): four idx files, plain or gzipped.
+
+
+def _idx_dir(folder: Path) -> Path | None:
+    """`folder` if it holds all four idx files (each plain or .gz), else None."""
+    if all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in IDX_FILES):
+        return folder
+    return None
+
+
+def _stage_idx(source: Path, class_name: str) -> Path:
+    """A torchvision root whose <class_name>/raw/ holds the plain idx files of `source`."""
+    if source.name == "raw" and source.parent.name == class_name and all((source / f).is_file() for f in IDX_FILES):
+        return source.parent.parent  # already torchvision's own layout
+    digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
+    root = cache_dir() / "data" / digest
+    raw = root / class_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in IDX_FILES:
+        target = raw / name
+        if target.is_file():
+            continue
+        plain, packed = source / name, source / f"{name}.gz"
+        tmp = raw / f".{name}.tmp"
+        if plain.is_file():
+            shutil.copyfile(plain, tmp)
+        else:
+            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        tmp.replace(target)  # atomic: a killed unpack leaves no half file under the real name
+    return root
+
+
+def _load_idx(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, dict]:
+    class_name = info.torchvision_class.__name__
+    candidates = []
+    if user_dir is not None:
+        candidates += [user_dir / class_name / "raw", user_dir / class_name, user_dir]
+    if info.name == "fashion-mnist":
+        candidates.append(DEBIAN_FASHION_MNIST)
+    for folder in candidates:
+        if _idx_dir(folder):
+            root = _stage_idx(folder, class_name)
+            splits = [info.torchvision_class(str(root), train=train, download=False) for train in (True, False)]
+            xs = [s.data.unsqueeze(1) for s in splits]  # (N, 1, 28, 28) uint8
+            ys = [s.targets.long() for s in splits]
+            return (xs[0], ys[0]), (xs[1], ys[1]), {"source": str(folder)}
+    tried = [str(c) for c in candidates]
+    return _download(info, user_dir, tried)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR: torchvision's pickled batches. torchvision refuses files whose MD5 differs from the
+# official release; normbench loads them and records (and warns) that they differ instead.
+
+
+def _cifar_class(info: DatasetInfo) -> type:
+    base = info.torchvision_class
+
+    class Unverified(base):  # type: ignore[misc, valid-type]
+        def _check_integrity(self) -> bool:
+            return all(Path(self.root, self.base_folder, f).is_file() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            import pickle
+
+            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+
+    return Unverified
+
+
+def _cifar_checksums_ok(cls: type, root: Path) -> bool:
+    from torchvision.datasets.utils import check_integrity
+
+    files = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+    return all(check_integrity(str(root / cls.base_folder / f), md5) for f, md5 in files)
+
+
+def _load_cifar(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, dict]:
+    cls = info.torchvision_class
+    candidates = [user_dir] if user_dir is not None else []
+    for root in candidates:
+        folder = root / cls.base_folder
+        if (folder / cls.meta["filename"]).is_file():
+            loader = _cifar_class(info)
+            splits = [loader(str(root), train=train, download=False) for train in (True, False)]
+            xs = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]  # (N, 3, 32, 32)
+            ys = [torch.tensor(s.targets, dtype=torch.long) for s in splits]
+            extra = {"source": str(folder), "checksums_match_official": _cifar_checksums_ok(cls, root)}
+            return (xs[0], ys[0]), (xs[1], ys[1]), extra
+    return _download(info, user_dir, [str(c / cls.base_folder) for c in candidates])
+
+
+def _download(info: DatasetInfo, user_dir: Path | None, tried: list[str]) -> tuple[tuple, tuple, dict]:
+    """Last resort: torchvision's own download; on failure, one error naming every place tried."""
+    root = user_dir if user_dir is not None else cache_dir() / "data" / "downloads"
+    try:
+        splits = [info.torchvision_class(str(root), train=train, download=True) for train in (True, False)]
+    except Exception as exc:  # torchvision raises URLError, RuntimeError, OSError...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        places = ", ".join(tried) if tried else "no data folder given"
+        raise NormbenchError(
+            f"dataset {info.name} not found (tried: {places}; torchvision download into {root} failed: {reason}); "
+            f"to get it: {info.how_to_get}"
+        ) from None
+    if isinstance(splits[0].data, torch.Tensor):
+        xs = [s.data.unsqueeze(1) for s in splits]
+        ys = [s.targets.long() for s in splits]
+    else:
+        xs = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]
+        ys = [torch.tensor(s.targets, dtype=torch.long) for s in splits]
+    return (xs[0], ys[0]), (xs[1], ys[1]), {"source": f"torchvision download into {root}"}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _synthetic(dataset_cfg, seed: int) -> TensorData:
+    """A learnable random task: class prototypes of L2 norm 3 in unit Gaussian noise, seeded.
+
+    Any two prototypes are about 4.2 apart, so the task is learnable but, for any input size,
+    not trivial: the Bayes-optimal classifier errs on a few per cent of samples."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    shape, classes = tuple(dataset_cfg.shape), dataset_cfg.num_classes
+    prototypes = torch.randn((classes, *shape), generator=gen)  # (K, C, H, W)
+    prototypes *= 3.0 / prototypes.flatten(1).norm(dim=1).view(-1, *[1] * len(shape))
+
+    def split(n: int):
+        y = torch.randint(0, classes, (n,), generator=gen)
+        x = prototypes[y] + torch.randn((n, *shape), generator=gen)
+        return x, y
+
+    train_x, train_y = split(dataset_cfg.train_samples)
+    test_x, test_y = split(dataset_cfg.test_samples)
+    info = {"source": "synthetic (class prototype of norm 3 + N(0, 1) noise)", "generator_seed": 10_000 + seed}
+    return TensorData(train_x, train_y, test_x, test_y, classes, info)
+
+
+def _normalize(train_u8: torch.Tensor, test_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Scale to [0, 1], then standardize each channel with the training split's mean and std."""
+    train = train_u8.float().div_(255.0)
+    test = test_u8.float().div_(255.0)
+    mean = train.double().mean(dim=(0, 2, 3))  # (C,)
+    std = train.double().std(dim=(0, 2, 3))
+    m, s = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+    return (train - m) / s, (test - m) / s, {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu", data_dir=None) -> TensorData:
+    """Load a dataset config into tensors on `device`, or raise NormbenchError saying how to get it."""
+    if dataset_cfg.name == "synthetic":
+        data = _synthetic(dataset_cfg, seed)
+    else:
+        info = DATASETS[dataset_cfg.name]
+        user_dir = user_data_dir(dataset_cfg, data_dir)
+        loader = _load_cifar if info.name.startswith("cifar") else _load_idx
+        try:
+            (train_x, train_y), (test_x, test_y), extra = loader(info, user_dir)
+        except NormbenchError:
+            raise
+        except Exception as exc:  # a truncated or malformed file
+            raise NormbenchError(f"dataset {info.name} could not be read ({type(exc).__name__}: {exc}); "
+                                 f"check the files or get them again: {info.how_to_get}") from None
+        if tuple(train_x.shape[1:]) != info.shape:
+            raise NormbenchError(f"dataset {info.name}: expected samples of shape {info.shape}, "
+                                 f"found {tuple(train_x.shape[1:])} in {extra['source']}")
+        train_x, test_x, stats = _normalize(train_x, test_x)
+        extra.update(normalization=stats)
+        data = TensorData(train_x, train_y, test_x, test_y, info.num_classes, extra)
+    data.info.update(train_samples=len(data.train_y), test_samples=len(data.test_y), name=dataset_cfg.name)
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        setattr(data, name, getattr(data, name).to(device))
+    return data

@@ -1,0 +1,228 @@
+"""Run directories and the CSV schema. Every writer and reader of results uses this module.
+
+A run directory holds:
+  config.yaml  the resolved config
+  meta.json    status, times, versions, device, data facts, final metrics (replaced atomically)
+  steps.csv    one row every `log_every` steps (STEP_COLUMNS)
+  epochs.csv   one row per epoch (EPOCH_COLUMNS)
+  error.log    the traceback, when a run failed
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from normbench.errors import NormbenchError
+
+STEP_COLUMNS = ("step", "epoch", "samples_seen", "train_loss", "lr", "samples_per_s", "elapsed_s")
+EPOCH_COLUMNS = (
+    "epoch", "samples_seen", "train_loss", "train_acc", "test_loss", "test_acc",
+    "samples_per_s", "epoch_s", "eval_s", "lr",
+)
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+CONFIG_FILE, META_FILE, STEPS_FILE, EPOCHS_FILE, ERROR_FILE = (
+    "config.yaml", "meta.json", "steps.csv", "epochs.csv", "error.log",
+)
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean(value):
+    """JSON-safe: NaN/Inf become null (json.dump would write invalid JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_clean(obj), f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(run_dir: Path) -> dict | None:
+    """meta.json of a run directory, or None if it is missing or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else str(value))
+    return "" if value is None else str(value)
+
+
+class CsvLog:
+    """An append-only CSV with a fixed column tuple; each row is flushed as it is written."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...]):
+        self.path, self.columns = Path(path), columns
+        self._file = open(self.path, "w", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(columns)
+        self._file.flush()
+
+    def write(self, row: dict) -> None:
+        """Write one row; keys must be exactly the schema's columns."""
+        if set(row) != set(self.columns):
+            raise ValueError(f"{self.path.name}: row keys {sorted(row)} differ from schema {self.columns}")
+        self._writer.writerow([_format(row[c]) for c in self.columns])
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush to disk and close."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create `folder` if needed and prove it writable, or raise a one-line NormbenchError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise NormbenchError(
+            f"results directory '{folder}' is not writable ({exc.strerror or exc}); pass --results-dir DIR with a writable folder"
+        ) from None
+    return folder
+
+
+def new_run_path(results_dir: Path, name: str) -> Path:
+    """A fresh run directory path: results_dir/runs/<name>-<UTC time>[-k]."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(results_dir) / "runs" / f"{name}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+def _git_info() -> dict:
+    """Commit and dirty flag of the checkout normbench runs from, if it is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5)
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def environment(device) -> dict:
+    """Versions, host and device facts for meta.json and benchmark headers."""
+    import torch
+    import torchvision
+
+    from normbench import __version__
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = _cpu_model()
+    return {
+        "normbench": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        **_git_info(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+class RunDir:
+    """One run's directory: config, meta (atomic), step and epoch CSVs."""
+
+    def __init__(self, path: Path, config_yaml: str, meta: dict, replace_incomplete: bool = False):
+        self.path = Path(path)
+        prepare_run_path(self.path, replace_incomplete)
+        self.path.mkdir(parents=True)
+        (self.path / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+        self.meta = {"status": "running", "start_time": now_iso(), "end_time": None, **meta}
+        write_json_atomic(self.path / META_FILE, self.meta)
+        self.steps = CsvLog(self.path / STEPS_FILE, STEP_COLUMNS)
+        self.epochs = CsvLog(self.path / EPOCHS_FILE, EPOCH_COLUMNS)
+
+    def update_meta(self, **fields) -> None:
+        """Merge `fields` into meta.json, replacing the file atomically."""
+        self.meta.update(fields)
+        write_json_atomic(self.path / META_FILE, self.meta)
+
+    def finish(self, status: str, **fields) -> None:
+        """Close the CSVs and record the final status and end time."""
+        assert status in STATUSES, status
+        self.steps.close()
+        self.epochs.close()
+        self.update_meta(status=status, end_time=now_iso(), **fields)
+
+    def write_error(self, text: str) -> Path:
+        """Save a traceback beside the results."""
+        path = self.path / ERROR_FILE
+        path.write_text(text, encoding="utf-8")
+        return path
+
+
+def prepare_run_path(path: Path, replace_incomplete: bool) -> None:
+    """Make way for a run at `path`: never touch a completed run; clear an incomplete one if asked."""
+    path = Path(path)
+    if not path.exists():
+        return
+    meta = read_meta(path)
+    if meta is not None and meta.get("status") == "completed":
+        raise NormbenchError(f"run directory '{path}' holds a completed run; it is never overwritten")
+    looks_like_run = meta is not None or (path / CONFIG_FILE).exists() or not any(path.iterdir())
+    if not (replace_incomplete and looks_like_run):
+        raise NormbenchError(f"run directory '{path}' already exists; choose another name or results directory")
+    shutil.rmtree(path)
