@@ -23,7 +23,7 @@ test: $(STAMP) data
 
 # Everything, the slow end-to-end tests included (GPU tests still skip without CUDA).
 test-all: $(STAMP) data
-	$(BIN)/python -m pytest -m 'not gpu or gpu'
+	$(BIN)/python -m pytest -m 'slow or not slow'
 
 clean-venv:
 	rm -rf $(VENV)
