@@ -61,6 +61,7 @@ class NormConfig(_Strict):
     groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = largest divisor of C <= 32")
     placement: Literal["pre", "post"] = Field("pre", description="norm before (pre) or after (post) the activation")
     impl: str = Field("torch", description="implementation: torch (PyTorch modules)")
+    sync: bool = Field(False, description="batch norm: statistics over the global batch of all processes")
 
     @field_validator("type")
     @classmethod
@@ -84,6 +85,7 @@ class NormConfig(_Strict):
             "affine": self.affine,
             "track_running_stats": self.track_running_stats,
             "groups": self.groups,
+            "sync": self.sync,
         }
 
 
@@ -139,6 +141,8 @@ class Config(_Strict):
                 f"batch_size={self.batch_size} with norm.type={self.norm.type}: batch statistics need "
                 "at least 2 samples per batch; use batch_size >= 2 or another norm"
             )
+        if self.norm.sync and self.norm.type != "batch":
+            raise ValueError(f"norm.sync=true applies to batch norm only, not norm.type={self.norm.type}; drop norm.sync")
         if self.max_samples is not None and self.max_samples < self.batch_size:
             raise ValueError(f"max_samples={self.max_samples} is less than one batch of {self.batch_size}")
         return self

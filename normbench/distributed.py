@@ -13,6 +13,7 @@ terminates whatever is left after a grace period, and every failing rank's error
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import queue as queue_module
@@ -64,7 +65,11 @@ class DistContext:
         ids = [self.device.index] if self.device.type == "cuda" else None
         # Buffers (running statistics) are not broadcast each step; `sync_buffers` makes every
         # rank hold rank 0's before evaluation, which is what the default broadcast would give.
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        ddp = nn.parallel.DistributedDataParallel
+        # torch >= 2.14 names the switch forward_sync_buffers (broadcast_buffers is deprecated).
+        newer = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+        return ddp(model, device_ids=ids, **no_sync)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """A copy of `tensor` summed over all processes."""
@@ -206,17 +211,21 @@ class RankResult:
     exit_code: int = 0
 
 
-def _child(rank: int, world_size: int, port: int, device_type: str, fn: Callable, args: tuple, results) -> None:
-    """Body of a spawned process: join the group on 127.0.0.1:port, run fn(ctx, *args), report."""
+def _child(rank: int, world_size: int, port: int, device_type: str, threads: int, timeout_s: float,
+           fn: Callable, args: tuple, results) -> None:
+    """Body of a started process: join the group on 127.0.0.1:port, run fn(ctx, *args), report.
+
+    Settings come as arguments, not from os.environ: a forkserver child has the environment of
+    the moment the server started, not of the moment `spawn` was called.
+    """
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    torch.set_num_threads(threads)
     try:
         device = rank_device(device_type, rank)
         backend = backend_for(device)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world_size, timeout=timeout())
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
         value = fn(DistContext(rank, world_size, rank, device, backend), *args)
         report = RankResult(rank, True, value)
     except NormbenchError as exc:
@@ -237,15 +246,16 @@ def spawn(fn: Callable, world_size: int, args: tuple = (), device_type: str = "c
 
     Returns one RankResult per rank. When a rank fails, the others get `grace_s` seconds to end
     (their collectives fail once the peer is gone), then they are terminated. `fn` must be a
-    module-level function (the processes are spawned, not forked).
+    module-level function (processes are not plain forks of this one). Each process gets
+    cpu_count / world_size torch threads, unless OMP_NUM_THREADS says otherwise (a config's
+    num_threads still applies inside the run).
     """
-    context = torch.multiprocessing.get_context("spawn")
+    context = _start_context()
     results = context.Queue()
     port = free_port()
-    procs = [
-        context.Process(target=_child, args=(rank, world_size, port, device_type, fn, args, results), daemon=False)
-        for rank in range(world_size)
-    ]
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // world_size)
+    settings = (port, device_type, threads, timeout().total_seconds(), fn, args, results)
+    procs = [context.Process(target=_child, args=(rank, world_size, *settings)) for rank in range(world_size)]
     for proc in procs:
         proc.start()
     reports: dict[int, RankResult] = {}
@@ -281,6 +291,18 @@ def spawn(fn: Callable, world_size: int, args: tuple = (), device_type: str = "c
     return [reports[rank] for rank in range(world_size)]
 
 
+def _start_context():
+    """A forkserver where the platform has one (torch and normbench are imported once, in the
+    server, and each process forks from it: later launches start in a fraction of a second),
+    else spawn. Never a plain fork of a process whose torch may already run threads."""
+    methods = torch.multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "normbench.train"])  # no effect once the server runs
+    return context
+
+
 def _collect(results, reports: dict, wait_s: float) -> None:
     """Move every report waiting in the queue into `reports`."""
     while True:
@@ -308,14 +330,81 @@ def describe_failures(reports: list[RankResult]) -> str:
     return "; ".join(parts)
 
 
-def run_rank(ctx: DistContext, cfg, results_dir: str, data_dir: str | None, run_path: str, show_progress: bool):
+def run_rank(ctx: DistContext, cfg, results_dir: str, data_dir: str | None, run_path: str, show_progress: bool) -> dict:
     """One rank of `launch_run`: train.run with this rank's context; returns its outcome as a dict."""
     from normbench import train
     from normbench.progress import Reporter, RichReporter
 
     reporter = RichReporter() if show_progress and ctx.is_main else Reporter()
-    if cfg.num_threads is None and "OMP_NUM_THREADS" not in os.environ:
-        pass  # _child already divided the cores between the ranks
     outcome = train.run(cfg, results_dir, data_dir=data_dir, run_path=Path(run_path), reporter=reporter, dist=ctx)
-    return {"status": outcome.status, "exit_code": outcome.exit_code, "run_dir": str(outcome.run_dir),
-            "reason": outcome.reason, "final": outcome.final}
+    return {"status": outcome.status, "exit_code": outcome.exit_code, "reason": outcome.reason, "final": outcome.final}
+
+
+def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: Path | str | None = None,
+               show_progress: bool = True, worker: Callable = run_rank):
+    """`normbench run --nproc N`: train `cfg` data-parallel over N local processes -> RunOutcome.
+
+    Config, device and directory problems are found here, before any process starts. `worker`
+    is the per-rank function (tests substitute one that fails on purpose).
+    """
+    from normbench import results, train
+
+    check_world(cfg, nproc)
+    device = train.resolve_device(cfg.device)
+    if device.type not in ("cpu", "cuda"):
+        raise NormbenchError(f"data-parallel runs use gloo on cpu or nccl on cuda, not {device.type}; set device: cpu")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise NormbenchError(f"--nproc {nproc} needs one GPU per process but torch sees {torch.cuda.device_count()}; "
+                             f"use --nproc {torch.cuda.device_count()} or fewer")
+    train.check_buildable(cfg)
+    results_dir = results.ensure_writable(Path(results_dir))
+    run_path = results.new_run_path(results_dir, cfg.name)
+    data_dir = str(data_dir) if data_dir is not None else None
+    reports = spawn(worker, nproc, (cfg, str(results_dir), data_dir, str(run_path), show_progress), device.type)
+    return _outcome(reports, run_path)
+
+
+def _outcome(reports: list[RankResult], run_path: Path):
+    """One RunOutcome for the whole run; every failing rank's error goes into meta.json and the reason."""
+    from normbench import results, train
+
+    for report in reports:  # a rank whose run() recorded a failure counts as a failing rank
+        if report.ok and report.value["status"] == "failed":
+            report.ok, report.error, report.exit_code = False, report.value["reason"], report.value["exit_code"]
+    main = reports[0].value if reports[0].ok else None
+    if all(r.ok for r in reports):
+        return train.RunOutcome(main["status"], main["exit_code"], run_path, main["reason"], main["final"])
+    reason = describe_failures(reports)
+    meta = results.read_meta(run_path)
+    if meta is None:  # nothing was written: a problem found before training (e.g. missing data)
+        codes = {r.exit_code for r in reports if not r.ok}
+        raise NormbenchError(reason, exit_code=codes.pop() if len(codes) == 1 else EXIT_ERROR)
+    # Rank 0 may have been terminated, or failed only because a peer vanished: record them all.
+    status = "interrupted" if meta["status"] == "interrupted" else "failed"
+    meta.update(status=status, reason=reason, end_time=meta.get("end_time") or results.now_iso(),
+                rank_errors=[{"rank": r.rank, "error": r.error} for r in reports if not r.ok])
+    results.write_json_atomic(run_path / results.META_FILE, meta)
+    code = EXIT_INTERRUPTED if status == "interrupted" else EXIT_ERROR
+    final = {k: v for k, v in meta.items() if k.startswith("final_")}
+    return train.RunOutcome(status, code, run_path, reason, final)
+
+
+def run_torchrun(cfg, results_dir: Path | str, data_dir: Path | str | None, reporter):
+    """This process's rank of a run started by torchrun -> (rank, RunOutcome); only rank 0 reports."""
+    from normbench import train
+    from normbench.progress import Reporter
+
+    rank, world_size, _ = from_env()
+    check_world(cfg, world_size)
+    ctx = init_from_env(train.resolve_device(cfg.device).type)
+    try:
+        if ctx.is_main:
+            return rank, train.run(cfg, results_dir, data_dir=data_dir, reporter=reporter, dist=ctx)
+        try:
+            return rank, train.run(cfg, results_dir, data_dir=data_dir, reporter=Reporter(), dist=ctx)
+        except NormbenchError as exc:
+            raise NormbenchError(f"rank {rank}: {exc.message}", exc.exit_code) from None
+        except Exception as exc:  # one line, like rank 0's reason; torchrun then ends the other ranks
+            raise NormbenchError(f"rank {rank}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    finally:
+        shutdown()

@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from normbench.errors import ConfigError
+from normbench.sync_batchnorm import AllReduceBatchNorm
 
 IMPLS = ("torch",)
 
@@ -25,6 +26,7 @@ class NormOptions:
     affine: bool | None = None
     track_running_stats: bool | None = None
     groups: int | None = None
+    sync: bool = False  # batch norm only: statistics over all processes (sync_batchnorm.py)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ def _build_none(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.M
 
 
 def _build_batch(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.Module:
-    cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    if opts.sync:
+        cls = AllReduceBatchNorm  # one class for (N, F) and (N, C, H, W)
+    else:
+        cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     return cls(
         channels,
         eps=opts.eps,
@@ -165,4 +170,6 @@ def make_norm(
         raise ValueError(f"dims must be 1 or 2, got {dims}")
     if impl not in IMPLS:
         raise ConfigError(f"unknown norm implementation '{impl}'; valid: {', '.join(IMPLS)}")
+    if options.get("sync") and name != "batch":
+        raise ConfigError(f"norm.sync=true applies to batch norm only, not '{name}'")
     return spec.build(channels, dims, NormOptions(**options), layer)

@@ -124,10 +124,13 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
         in_dtype = x.dtype
+        # Only training reduces across processes (as nn.SyncBatchNorm): evaluation without running
+        # statistics uses each process's own batch, so ranks may evaluate different numbers of batches.
+        group = self._group() if self.training else None
         # Reductions in at least float32 (autocast may hand us fp16/bf16), as PyTorch's BN does.
         with torch.autocast(device_type=x.device.type, enabled=False):
             compute = x.float() if in_dtype in (torch.float16, torch.bfloat16) else x
-            y, mean, var, count = _SyncBatchNormFunction.apply(compute, self.weight, self.bias, self.eps, self._group())
+            y, mean, var, count = _SyncBatchNormFunction.apply(compute, self.weight, self.bias, self.eps, group)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count)
         return y.to(in_dtype)
