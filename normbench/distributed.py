@@ -209,6 +209,7 @@ class RankResult:
     value: Any = None
     error: str = ""
     exit_code: int = 0
+    details: str = ""  # the traceback of an unexpected exception
 
 
 def _child(rank: int, world_size: int, port: int, device_type: str, threads: int, timeout_s: float,
@@ -233,8 +234,8 @@ def _child(rank: int, world_size: int, port: int, device_type: str, threads: int
     except KeyboardInterrupt:
         report = RankResult(rank, False, error="interrupted", exit_code=EXIT_INTERRUPTED)
     except BaseException as exc:  # reported to the launcher, which reports every rank's failure
-        traceback.print_exc()
-        report = RankResult(rank, False, error=f"{type(exc).__name__}: {exc}".splitlines()[0], exit_code=EXIT_ERROR)
+        report = RankResult(rank, False, error=f"{type(exc).__name__}: {exc}".splitlines()[0], exit_code=EXIT_ERROR,
+                            details=traceback.format_exc())
     # Plain pickle: tensors travel by value, not through shared memory that dies with this process.
     results.put(pickle.dumps(report))
     shutdown()
@@ -384,6 +385,10 @@ def _outcome(reports: list[RankResult], run_path: Path):
     meta.update(status=status, reason=reason, end_time=meta.get("end_time") or results.now_iso(),
                 rank_errors=[{"rank": r.rank, "error": r.error} for r in reports if not r.ok])
     results.write_json_atomic(run_path / results.META_FILE, meta)
+    details = "".join(f"\n--- rank {r.rank} ---\n{r.details}" for r in reports if r.details)
+    if details:  # beside rank 0's own traceback, if it wrote one
+        with open(run_path / results.ERROR_FILE, "a", encoding="utf-8") as log:
+            log.write(details)
     code = EXIT_INTERRUPTED if status == "interrupted" else EXIT_ERROR
     final = {k: v for k, v in meta.items() if k.startswith("final_")}
     return train.RunOutcome(status, code, run_path, reason, final)

@@ -136,16 +136,17 @@ def failing_rank_worker(ctx, *args):
 
 def test_a_failing_rank_fails_the_run_and_is_reported(tmp_path):
     cfg = validate(tiny_config(epochs=1), "t")
-    start = time.monotonic()
     outcome = distributed.launch_run(cfg, 2, tmp_path, show_progress=False, worker=failing_rank_worker)
-    assert time.monotonic() - start < distributed.GRACE_S  # rank 0 did not wait for the grace period
     assert outcome.status == "failed" and outcome.exit_code == 1
     assert "rank 1: RuntimeError: rank one broke" in outcome.reason and "rank 0:" in outcome.reason
     assert "\n" not in outcome.reason
     meta = read_meta(outcome.run_dir)
     assert meta["status"] == "failed" and meta["end_time"]
     assert [e["rank"] for e in meta["rank_errors"]] == [0, 1]
-    assert (outcome.run_dir / "error.log").exists()  # rank 0's traceback
+    # Rank 0 ended on its own (its collective failed once rank 1 was gone), not by the launcher.
+    assert "terminated" not in meta["rank_errors"][0]["error"]
+    log = (outcome.run_dir / "error.log").read_text()  # rank 0's traceback, then the other ranks'
+    assert "--- rank 1 ---" in log and "rank one broke" in log
 
 
 def hanging_rank_worker(ctx):
@@ -157,9 +158,7 @@ def hanging_rank_worker(ctx):
 
 def test_a_hanging_rank_times_out_and_is_terminated(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "3")
-    start = time.monotonic()
     reports = distributed.spawn(hanging_rank_worker, 2, grace_s=1)
-    assert time.monotonic() - start < 60
     assert not reports[0].ok and not reports[1].ok
     assert "terminated 1 s after another rank failed" in reports[1].error
     assert distributed.describe_failures(reports).startswith("rank 0: ")

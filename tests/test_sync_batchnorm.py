@@ -137,3 +137,18 @@ def test_shard_statistics_differ_from_global_ones():
     whole = steps(reference_bn(shape, options), shape, seed=len(name), n_steps=1)
     half = steps(reference_bn(shape, options), shape, seed=len(name), shard=slice(0, shape[0] // 2), n_steps=1)
     assert not torch.allclose(half[0]["y"], whole[0]["y"][: shape[0] // 2])
+
+
+@pytest.mark.gpu
+def test_one_process_on_cuda_equals_plain_batch_norm():
+    name, shape, options = CASES[0]
+    ours = AllReduceBatchNorm(shape[1], **options).double().cuda()
+    ref = reference_bn(shape, options).cuda()
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1.5).cuda().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    upstream = torch.randn(shape, dtype=torch.float64).cuda()
+    (ours(x) * upstream).sum().backward()
+    (ref(x_ref) * upstream).sum().backward()
+    assert_close(x.grad, x_ref.grad)
+    assert_close(ours.running_var, ref.running_var)
+    assert_close(ours.weight.grad, ref.weight.grad)
