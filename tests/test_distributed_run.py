@@ -1,7 +1,6 @@
 """Data-parallel runs on CPU with 2 processes: DDP steps against a one-process reference,
 `normbench run --nproc 2` end to end, torchrun, failing and hanging ranks, config errors."""
 
-import copy
 import csv
 import json
 import os
