@@ -53,6 +53,7 @@ class BenchData:
 
     tensors: TensorData | None  # what normbench trains on (normalized float32, on the device)
     plain_dataset: torch.utils.data.Dataset | None  # what the example iterates (uint8 -> ToTensor -> Normalize)
+    plain_test: torch.utils.data.Dataset | None  # the example's test split
     stats: dict  # the normalization both use: per-channel mean and std in [0, 1] units
     shape: tuple[int, int, int]
     num_classes: int
@@ -62,7 +63,7 @@ def load_bench_data(cfg: Config, device: torch.device, data_dir=None, paths=PATH
     """The data of `paths`, normalized alike. Real MNIST-format data: normbench's loader and
     torchvision's class with the example's transform; synthetic: its samples quantized to uint8
     pixels, then normalized exactly like a real dataset."""
-    tensors = plain = None
+    tensors = plain = plain_test = None
     if cfg.dataset.name == "synthetic":
         (train_u8, train_y), (test_u8, test_y) = plain_loop.synthetic_u8(cfg)
         if "normbench" in paths:
@@ -77,9 +78,9 @@ def load_bench_data(cfg: Config, device: torch.device, data_dir=None, paths=PATH
     else:
         raise NormbenchError(f"normbench bench runs on fashion-mnist, mnist or synthetic, not {cfg.dataset.name}")
     if "plain" in paths:
-        plain, _, stats = plain_loop.make_datasets(cfg, stats, data_dir)
+        plain, plain_test, stats = plain_loop.make_datasets(cfg, stats, data_dir)
     shape, classes = dataset_shape(cfg.dataset)
-    return BenchData(tensors, plain, stats, shape, classes)
+    return BenchData(tensors, plain, plain_test, stats, shape, classes)
 
 
 def point_config(base: Config, batch_size: int, norm: str, steps: int, precision: str | None) -> Config:
@@ -103,11 +104,16 @@ def time_normbench(cfg: Config, data: TensorData, reporter_factory) -> float:
     return outcome.final["mean_samples_per_s"]
 
 
-def time_plain(cfg: Config, bench_data: BenchData, device: torch.device, steps: int) -> float:
-    """samples/s of `steps` steps of the plain loop for cfg (model building excluded)."""
+def time_plain(cfg: Config, bench_data: BenchData, device: torch.device, steps: int, test: bool = False) -> float:
+    """samples/s of `steps` steps of the plain loop for cfg (model building excluded); with `test`,
+    then the example's test() over the test split, as normbench's run evaluates after training."""
     model, optimizer = plain_loop.build_plain(cfg, bench_data.shape, bench_data.num_classes, device)
     loader = plain_loop.make_loader(bench_data.plain_dataset, cfg.batch_size, device, order_seed=cfg.seed)
-    return plain_loop.train_plain(model, optimizer, loader, device, steps).samples_per_s
+    result = plain_loop.train_plain(model, optimizer, loader, device, steps)
+    if test:
+        test_loader = torch.utils.data.DataLoader(bench_data.plain_test, batch_size=cfg.eval_batch_size)
+        plain_loop.test_plain(model, test_loader, device)
+    return result.samples_per_s
 
 
 def null_rich_reporter():
@@ -139,7 +145,8 @@ def measure_memory(path: str, cfg: Config, stats: dict, data_dir=None) -> tuple[
 
 
 def _memory_worker(spec: dict) -> dict:
-    """In a fresh process: load data, train MEMORY_STEPS steps of one path, report peak memory."""
+    """In a fresh process: load data, train MEMORY_STEPS steps of one path and evaluate on the test
+    split (as a run does), report peak memory."""
     from normbench.progress import Reporter
     from normbench.train import resolve_device
 
@@ -153,10 +160,22 @@ def _memory_worker(spec: dict) -> dict:
     if spec["path"] == "normbench":
         time_normbench(cfg, bench_data.tensors, Reporter)
     else:
-        time_plain(cfg, bench_data, device, steps)
+        time_plain(cfg, bench_data, device, steps, test=True)
     if device.type == "cuda":
         return {"peak_mib": torch.cuda.max_memory_allocated(device) / 2**20, "kind": "cuda max_memory_allocated"}
-    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "kind": "process peak RSS"}
+    return {"peak_mib": peak_rss_mib(), "kind": "process peak RSS"}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB: Linux's VmHWM (ru_maxrss is no use here: Linux
+    carries the parent's peak over fork and exec, so every child would report the bench's own)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux; macOS gives bytes
 
 
 def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int, repeats: int,
