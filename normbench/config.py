@@ -114,6 +114,9 @@ class Config(_Strict):
     log_every: int = Field(50, ge=1, description="write a steps.csv row every this many steps")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision for training and eval")
+    channels_last: Literal["auto", True, False] = Field(
+        "auto", description="store 4-D activations (N, H, W, C); auto = on for the cnn on CPU and CUDA"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod

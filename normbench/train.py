@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench import results
+from normbench import fastpath, results
 from normbench.config import Config, dump
 from normbench.data import TensorData, dataset_shape, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
@@ -77,14 +77,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """The optimizer the config names."""
+def make_optimizer(cfg: Config, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer the config names; fused kernels on CPU/CUDA (`fastpath.optimizer_options`)."""
     opt = cfg.optimizer
+    extra = fastpath.optimizer_options(device) if device is not None else {}
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
     if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):
@@ -146,7 +147,10 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
     """
     seed_everything(cfg.seed)
     model = build_for_config(cfg, data.shape, data.num_classes).to(device)
-    optimizer = make_optimizer(cfg, model.parameters())
+    channels_last = fastpath.channels_last_on(cfg.channels_last, cfg.model, data.shape, device)
+    model = fastpath.prepare_model(model, channels_last)
+    data = fastpath.prepare_data(data, channels_last)
+    optimizer = make_optimizer(cfg, model.parameters(), device)
     n_train = len(data.train_y)
     steps_per_epoch, total_steps, epochs = plan_steps(cfg, n_train)
     scheduler = make_scheduler(cfg, optimizer, total_steps)
@@ -160,6 +164,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         total_steps=total_steps,
         epochs_planned=epochs,
         dropped_per_epoch=n_train - steps_per_epoch * batch,
+        channels_last=channels_last,
+        optimizer_impl=fastpath.optimizer_impl(device),
     )
 
     reporter.start(cfg.name, total_steps, epochs)
