@@ -60,7 +60,7 @@ class NormConfig(_Strict):
     track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default")
     groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = largest divisor of C <= 32")
     placement: Literal["pre", "post"] = Field("pre", description="norm before (pre) or after (post) the activation")
-    impl: str = Field("torch", description="implementation: torch (PyTorch modules)")
+    impl: str = Field("torch", description="implementation: torch (PyTorch modules) | reference (normbench.reference_norms)")
 
     @field_validator("type")
     @classmethod
