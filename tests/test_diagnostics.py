@@ -158,3 +158,12 @@ def test_keras_momentum_convention_is_resolved_and_saved(runner, write_config, t
     assert "momentum=0.01," in meta["norm_layers"][0]["repr"]
     cfg = validate(tiny_config(**{"norm.momentum": 0.99, "norm.momentum_convention": "keras"}), "t")
     assert make_norm("batch", 4, **cfg.norm.options()).momentum == 0.01
+
+
+@pytest.mark.parametrize("name", ["bn_paper_fig1", "gn_batch_sizes"])
+def test_shipped_reproduction_configs_validate_and_build(runner, name):
+    from conftest import REPO
+
+    result = runner.invoke(app, ["run", str(REPO / "configs" / "repro" / f"{name}.yaml"), "--dry-run", "--set", "device=cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"name: {name}" in result.output
