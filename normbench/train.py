@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench import fastpath, results
+from normbench import diagnostics, fastpath, results
 from normbench.config import Config, dump
 from normbench.data import TensorData, dataset_shape, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
 from normbench.models import build_model, norm_layers
 from normbench.norms import make_norm
+from normbench.probe import Probe, check_probe
 from normbench.progress import Reporter
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,7 +68,8 @@ def check_buildable(cfg: Config) -> None:
     """Build the model on the meta device (no memory) so layer-level errors surface before any work."""
     shape, classes = dataset_shape(cfg.dataset)
     with torch.device("meta"):
-        build_for_config(cfg, shape, classes)
+        model = build_for_config(cfg, shape, classes)
+    check_probe(model, cfg.probe, shape)
 
 
 def seed_everything(seed: int) -> None:
@@ -166,7 +168,10 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         dropped_per_epoch=n_train - steps_per_epoch * batch,
         channels_last=channels_last,
         optimizer_impl=fastpath.optimizer_impl(device),
+        norm_momentum_torch=cfg.norm.torch_momentum(),  # the momentum in PyTorch's convention, as used
     )
+    probe = Probe(model, cfg.probe, run_dir.path) if cfg.probe else None
+    probe_test_acc = lambda: evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision)[1]  # noqa: E731
 
     reporter.start(cfg.name, total_steps, epochs)
     step, samples_seen, train_time = 0, 0, 0.0
@@ -184,6 +189,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         for i in range(epoch_steps):
             idx = perm[i * batch : (i + 1) * batch]
             xb, yb = data.train_x[idx], data.train_y[idx]  # (B, C, H, W), (B,)
+            if probe:
+                probe.before_step(step + 1)
             with autocast(device, cfg.precision):
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
@@ -197,6 +204,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
             correct += (logits.argmax(1) == yb).sum()
             step += 1
             samples_seen += batch
+            if probe:
+                probe.after_step(step, epoch, probe_test_acc)
             reporter.advance()
             if step % cfg.log_every == 0 or i == epoch_steps - 1:
                 cumulative = loss_sum.item()  # the one host sync per logged step
@@ -219,12 +228,13 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         eval_start = time.perf_counter()
         test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision)
         eval_s = time.perf_counter() - eval_start
+        extra = diagnostics.epoch_diagnostics(model, data, cfg, epoch, evaluate, lambda: autocast(device, cfg.precision))
         row = {
             "epoch": epoch, "samples_seen": samples_seen,
             "train_loss": loss_sum.item() / epoch_steps, "train_acc": correct.item() / (epoch_steps * batch),
             "test_loss": test_loss, "test_acc": test_acc,
             "samples_per_s": epoch_steps * batch / epoch_s, "epoch_s": epoch_s, "eval_s": eval_s,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": optimizer.param_groups[0]["lr"], **extra,
         }
         run_dir.epochs.write(row)
         reporter.epoch(row, epochs)
@@ -238,6 +248,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
             "mean_samples_per_s": samples_seen / train_time,
         }
         run_dir.update_meta(**final)
+    if probe:  # rows are flushed as written, so an early ending loses none
+        probe.close()
     return final
 
 
