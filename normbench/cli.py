@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from normbench import __version__
-from normbench.errors import EXIT_INTERRUPTED, ConfigError, NormbenchError
+from normbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
 
 app = typer.Typer(
     name="normbench",
@@ -133,6 +133,65 @@ def run(
         console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
         return
     fail(f"run {outcome.status}: {outcome.reason}; results so far in {outcome.run_dir}", outcome.exit_code)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """'2,8,64' -> [2, 8, 64]; anything else is a one-line usage error."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise NormbenchError(f"{option} '{text}': expected positive integers separated by commas, e.g. 2,8,64", EXIT_USAGE)
+    return values
+
+
+@app.command()
+@handle_errors
+def bench(
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="Base config (default: the seed CNN, batch norm, Fashion-MNIST, Adam).")
+    ] = None,
+    set_: SetOption = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "2,8,64",
+    norms: Annotated[str, typer.Option("--norms", help="Comma-separated norms (see `normbench norms`).")] = "batch",
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | mps (default: the config's).")] = None,
+    precision: Annotated[
+        Optional[str], typer.Option("--precision", help="fp32 | bf16 | fp16 for normbench's path; the plain loop is fp32.")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per measurement.")] = 200,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating measurements of each path.")] = 3,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory in fresh processes.")] = True,
+    results_dir: ResultsDirOption = Path("results"),
+    data_dir: DataDirOption = None,
+) -> None:
+    """Time normbench's training path against the plain PyTorch loop on the same work; write results/bench/<time>.csv."""
+    from normbench import bench as benchmod
+    from normbench.config import apply_overrides, load_config, validate
+
+    overrides = list(set_ or [])
+    if device is not None:
+        overrides.append(f"device={device}")
+    if precision is not None:
+        overrides.append(f"precision={precision}")
+    if config is not None:
+        base = load_config(config, overrides)
+    else:
+        base = validate(apply_overrides({"name": "bench"}, overrides), "the built-in bench config")
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    norm_names = [n.strip() for n in norms.split(",") if n.strip()]
+    for size in sizes:  # every point must be a valid config before anything runs
+        for norm in norm_names:
+            benchmod.point_config(base, size, norm, steps, None)
+    _sigterm_as_interrupt()
+    env = benchmod.environment_line(base)
+    console.print(env, highlight=False)
+    with console.status("measuring") as status:
+        rows = benchmod.run_bench(base, sizes, norm_names, steps, repeats, data_dir=data_dir, measure_mem=memory,
+                                  progress=lambda text: status.update(f"measuring {text}"))
+    console.print(benchmod.table(rows))
+    path = benchmod.write_csv(rows, results_dir)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -7,13 +7,13 @@ at once, each with its full key path (e.g. `norm.groups`), the bad value and wha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from normbench.errors import ConfigError
-from normbench.models import MODELS
+from normbench.models import MODELS, child_names
 from normbench.norms import IMPLS, NORMS
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
@@ -60,7 +60,15 @@ class NormConfig(_Strict):
     track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default")
     groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = largest divisor of C <= 32")
     placement: Literal["pre", "post"] = Field("pre", description="norm before (pre) or after (post) the activation")
-    impl: str = Field("torch", description="implementation: torch (PyTorch modules)")
+    impl: str = Field("torch", description="implementation: torch (PyTorch modules) | reference (normbench.reference_norms)")
+    momentum_convention: Literal["torch", "keras"] = Field(
+        "torch", description="how momentum is read: torch (weight of the batch) | keras (weight of the running value: 0.99 = torch 0.01)"
+    )
+    r_max: float = Field(3.0, ge=1, description="batch_renorm: final clip of r to [1/r_max, r_max]")
+    d_max: float = Field(5.0, ge=0, description="batch_renorm: final clip of d to [-d_max, d_max]")
+    renorm_warmup_steps: int = Field(500, ge=0, description="batch_renorm: steps of plain batch norm (r_max 1, d_max 0)")
+    renorm_relax_steps: int = Field(2000, ge=0, description="batch_renorm: steps to relax linearly to r_max / d_max")
+    frn_learnable_eps: bool | None = Field(None, description="frn: learnable eps; null = on feature vectors only")
     sync: bool = Field(False, description="batch norm: statistics over the global batch of all processes")
 
     @field_validator("type")
@@ -77,16 +85,42 @@ class NormConfig(_Strict):
             raise ValueError(f"unknown implementation; valid: {', '.join(IMPLS)}")
         return value
 
+    def torch_momentum(self) -> float | None:
+        """The momentum in PyTorch's convention (keras 0.99 -> 0.01); None stays the cumulative average."""
+        if self.momentum is None or self.momentum_convention == "torch":
+            return self.momentum
+        return round(1.0 - self.momentum, 12)  # 1 - 0.99 = 0.010000000000000009 otherwise
+
     def options(self) -> dict[str, Any]:
         """The keyword options `norms.make_norm` takes."""
         return {
             "eps": self.eps,
-            "momentum": self.momentum,
+            "momentum": self.torch_momentum(),
+            "r_max": self.r_max,
+            "d_max": self.d_max,
+            "renorm_warmup_steps": self.renorm_warmup_steps,
+            "renorm_relax_steps": self.renorm_relax_steps,
+            "frn_learnable_eps": self.frn_learnable_eps,
             "affine": self.affine,
             "track_running_stats": self.track_running_stats,
             "groups": self.groups,
             "sync": self.sync,
         }
+
+
+class PreciseBNConfig(_Strict):
+    """PreciseBN (Wu & Johnson 2021): recompute batch-norm population statistics before evaluation."""
+
+    batches: int = Field(200, ge=1, description="training batches averaged (weights frozen) before each evaluation")
+
+
+class ProbeConfig(_Strict):
+    """Record percentiles of the input to one layer during training (the BN paper's Figure 1(b, c))."""
+
+    layer: str = Field(description="a top-level layer name of the model, e.g. act3 (the input to that layer is probed)")
+    every: int = Field(50, ge=1, description="probe every this many training steps")
+    unit: int | None = Field(None, ge=0, description="channel/unit index to probe; null = all units of the layer")
+    test_acc: bool = Field(False, description="also evaluate test accuracy at each probe step (accuracy vs steps)")
 
 
 class OptimizerConfig(_Strict):
@@ -116,6 +150,11 @@ class Config(_Strict):
     log_every: int = Field(50, ge=1, description="write a steps.csv row every this many steps")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision for training and eval")
+    channels_last: Literal["auto", True, False] = Field(
+        "auto", description="store 4-D activations (N, H, W, C); auto = on for the cnn on CPU and CUDA"
+    )
+    precise_bn: PreciseBNConfig | None = Field(None, description="recompute BN statistics before each evaluation (batch norm only)")
+    probe: ProbeConfig | None = Field(None, description="record input percentiles of a layer into probe.csv")
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -141,8 +180,17 @@ class Config(_Strict):
                 f"batch_size={self.batch_size} with norm.type={self.norm.type}: batch statistics need "
                 "at least 2 samples per batch; use batch_size >= 2 or another norm"
             )
-        if self.norm.sync and self.norm.type != "batch":
-            raise ValueError(f"norm.sync=true applies to batch norm only, not norm.type={self.norm.type}; drop norm.sync")
+        if self.norm.sync and (self.norm.type != "batch" or self.norm.impl != "torch"):
+            raise ValueError(
+                f"norm.sync=true applies to batch norm with impl torch only, not norm.type={self.norm.type} "
+                f"impl={self.norm.impl}; drop norm.sync"
+            )
+        if self.precise_bn is not None and self.norm.type != "batch":
+            raise ValueError(f"precise_bn applies to batch norm only, but norm.type={self.norm.type}; remove precise_bn")
+        if self.probe is not None and self.probe.layer not in (names := child_names(self.model)):
+            raise ValueError(
+                f"probe.layer={self.probe.layer!r} is not a layer of model {self.model}; valid layers: {', '.join(names)}"
+            )
         if self.max_samples is not None and self.max_samples < self.batch_size:
             raise ValueError(f"max_samples={self.max_samples} is less than one batch of {self.batch_size}")
         return self
@@ -153,6 +201,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field else None
+        # an optional section (`probe: ProbeConfig | None`) lists the section's keys too
+        annotation = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -240,14 +240,28 @@ def _synthetic(dataset_cfg, seed: int) -> TensorData:
     return TensorData(train_x, train_y, test_x, test_y, classes, info)
 
 
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased std of x (N, C, H, W) in float64, a chunk of samples at a time
+    (a float64 copy of a whole split would double the peak memory of loading it)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    for chunk in x.split(4096):
+        total += chunk.double().sum(dim=(0, 2, 3))
+    n = x.numel() // x.shape[1]
+    mean = total / n
+    squares = torch.zeros_like(total)
+    for chunk in x.split(4096):  # two passes: sum of squared deviations, no cancellation
+        squares += (chunk.double() - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3))
+    return mean, (squares / (n - 1)).sqrt()
+
+
 def _normalize(train_u8: torch.Tensor, test_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Scale to [0, 1], then standardize each channel with the training split's mean and std."""
+    """Scale to [0, 1], then standardize each channel with the training split's mean and std (in place:
+    one float32 copy of each split at the peak)."""
     train = train_u8.float().div_(255.0)
     test = test_u8.float().div_(255.0)
-    mean = train.double().mean(dim=(0, 2, 3))  # (C,)
-    std = train.double().std(dim=(0, 2, 3))
+    mean, std = _channel_stats(train)  # (C,) float64
     m, s = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
-    return (train - m) / s, (test - m) / s, {"mean": mean.tolist(), "std": std.tolist()}
+    return train.sub_(m).div_(s), test.sub_(m).div_(s), {"mean": mean.tolist(), "std": std.tolist()}
 
 
 def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu", data_dir=None) -> TensorData:

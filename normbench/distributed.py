@@ -130,6 +130,9 @@ def check_world(cfg, world_size: int) -> None:
             f"batch_size={cfg.batch_size} (the global batch) is not divisible by {world_size} processes; "
             f"use a multiple of {world_size}"
         )
+    if world_size > 1 and cfg.probe is not None:
+        raise ConfigError("probe records one process's activations and is not available in data-parallel runs; "
+                          "drop probe or run without --nproc / torchrun")
     per = cfg.batch_size // world_size
     if cfg.norm.type == "batch" and not cfg.norm.sync and per < 2 and world_size > 1:
         raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
+import torch
 from torch import nn
 
 from normbench.errors import ConfigError
@@ -29,6 +30,8 @@ def _block(
     """layer -> norm -> activation (pre) or layer -> activation -> norm (post), named by index."""
     kind = "conv" if dims == 2 else "fc"
     norm = norm_factory(channels, dims, f"norm{index}")
+    if hasattr(norm, "wrap_layer"):  # weight reparametrization: the slot stays identity, the layer is wrapped
+        layer = norm.wrap_layer(layer)
     parts = [(f"{kind}{index}", layer)]
     if placement == "pre":
         parts += [(f"norm{index}", norm), (f"act{index}", activation)]
@@ -95,6 +98,13 @@ def build_model(
     if placement not in ("pre", "post"):
         raise ConfigError(f"norm.placement must be pre or post, got '{placement}'")
     return MODELS[name](tuple(input_shape), num_classes, norm_factory, placement)
+
+
+def child_names(name: str) -> list[str]:
+    """The top-level layer names of model `name` (conv1, norm1, act1, ...), for probe validation."""
+    with torch.device("meta"):  # names only: no memory
+        model = MODELS[name]((3, 32, 32), 10, lambda c, d, layer: nn.Identity(), "pre")
+    return [child for child, _ in model.named_children()]
 
 
 def norm_layers(model: nn.Module) -> list[dict]:

@@ -11,10 +11,16 @@ from typing import Callable
 
 from torch import nn
 
+from normbench import reference_norms as ref
+from normbench import schemes
 from normbench.errors import ConfigError
 from normbench.sync_batchnorm import AllReduceBatchNorm
 
-IMPLS = ("torch",)
+# torch: PyTorch's own modules; reference: normbench's from-scratch modules (reference_norms.py).
+# Schemes PyTorch has no module for (batch_renorm, frn) and the weight reparametrizations
+# (weight_norm, spectral_norm, through torch.nn.utils.parametrizations) have one implementation,
+# built for either value; the README's norm table says which.
+IMPLS = ("torch", "reference")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,13 @@ class NormOptions:
     affine: bool | None = None
     track_running_stats: bool | None = None
     groups: int | None = None
+    # batch_renorm (Ioffe 2017): clipping limits reached after the warm-up-then-relax schedule
+    r_max: float = 3.0
+    d_max: float = 5.0
+    renorm_warmup_steps: int = 500  # steps of plain batch norm (r_max = 1, d_max = 0)
+    renorm_relax_steps: int = 2000  # steps to relax linearly to r_max / d_max
+    # frn: learnable eps; None = learnable on feature vectors (N, F), fixed on maps (the paper's advice)
+    frn_learnable_eps: bool | None = None
     sync: bool = False  # batch norm only: statistics over all processes (sync_batchnorm.py)
 
 
@@ -38,7 +51,10 @@ class NormSpec:
     maps: str  # what it normalizes over on (N, C, H, W)
     features: str  # what it normalizes over on (N, F)
     batch_dependent: bool  # statistics over the batch: needs at least 2 samples per batch
-    build: Callable[[int, int, NormOptions, str], nn.Module]
+    build: Callable[[int, int, NormOptions, str, str], nn.Module]  # (channels, dims, opts, layer, impl)
+    train_eval: str = "same"  # how train and eval mode differ
+    options: str = "eps, affine"  # the norm.* options it reads
+    impls: str = "torch: PyTorch module; reference: reference_norms.py"
 
 
 def _pick(value, default):
@@ -54,50 +70,55 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _build_none(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.Module:
+def _build_none(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     return nn.Identity()
 
 
-def _build_batch(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.Module:
-    if opts.sync:
-        cls = AllReduceBatchNorm  # one class for (N, F) and (N, C, H, W)
-    else:
-        cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
-    return cls(
-        channels,
+def _build_batch(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
+    kwargs = dict(
         eps=opts.eps,
         momentum=opts.momentum,
         affine=_pick(opts.affine, True),
         track_running_stats=_pick(opts.track_running_stats, True),
     )
+    if impl == "reference":
+        return ref.ReferenceBatchNorm(channels, dims=dims, **kwargs)
+    if opts.sync:  # statistics over all processes; one class for (N, F) and (N, C, H, W)
+        return AllReduceBatchNorm(channels, **kwargs)
+    cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    return cls(channels, **kwargs)
 
 
-def _build_layer(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.Module:
+def _build_layer(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     affine = _pick(opts.affine, True)
     if dims == 2:
         # Over (C, H, W) per sample with a per-channel gamma/beta: GroupNorm with one group,
         # as in the Group Normalization paper (independent of the map size).
-        return nn.GroupNorm(1, channels, eps=opts.eps, affine=affine)
-    return nn.LayerNorm(channels, eps=opts.eps, elementwise_affine=affine)
+        cls = ref.ReferenceGroupNorm if impl == "reference" else nn.GroupNorm
+        return cls(1, channels, eps=opts.eps, affine=affine)
+    cls = ref.ReferenceLayerNorm if impl == "reference" else nn.LayerNorm
+    return cls(channels, eps=opts.eps, elementwise_affine=affine)
 
 
-def _build_group(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.Module:
+def _build_group(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     groups = opts.groups if opts.groups is not None else default_groups(channels)
     if channels % groups:
         raise ConfigError(
             f"norm.groups={groups} does not divide the {channels} channels of layer '{layer}'; "
             f"use a divisor of {channels} ({', '.join(map(str, _divisors(channels)))}) or leave groups unset"
         )
-    return nn.GroupNorm(groups, channels, eps=opts.eps, affine=_pick(opts.affine, True))
+    cls = ref.ReferenceGroupNorm if impl == "reference" else nn.GroupNorm
+    return cls(groups, channels, eps=opts.eps, affine=_pick(opts.affine, True))
 
 
-def _build_instance(channels: int, dims: int, opts: NormOptions, layer: str) -> nn.Module:
+def _build_instance(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     if dims == 1:
         # An instance of a feature vector has one value per channel, so instance statistics
         # would be that value itself and the output a constant. The stated substitute:
         # normalize each sample over its features, i.e. layer normalization.
-        return _build_layer(channels, dims, opts, layer)
-    return nn.InstanceNorm2d(
+        return _build_layer(channels, dims, opts, layer, impl)
+    cls = ref.ReferenceInstanceNorm2d if impl == "reference" else nn.InstanceNorm2d
+    return cls(
         channels,
         eps=opts.eps,
         momentum=opts.momentum,
@@ -106,8 +127,29 @@ def _build_instance(channels: int, dims: int, opts: NormOptions, layer: str) -> 
     )
 
 
+def _build_batch_renorm(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
+    return schemes.BatchRenorm(
+        channels, eps=opts.eps, momentum=opts.momentum, affine=_pick(opts.affine, True), dims=dims,
+        r_max=opts.r_max, d_max=opts.d_max, warmup_steps=opts.renorm_warmup_steps, relax_steps=opts.renorm_relax_steps,
+    )
+
+
+def _build_frn(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
+    learnable = _pick(opts.frn_learnable_eps, dims == 1)
+    return schemes.FilterResponseNorm(channels, eps=opts.eps, learnable_eps=learnable)
+
+
+def _build_weight_norm(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
+    return schemes.LayerReparam("weight_norm", schemes.apply_weight_norm, layer)
+
+
+def _build_spectral_norm(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
+    return schemes.LayerReparam("spectral_norm", schemes.apply_spectral_norm, layer)
+
+
 NORMS: dict[str, NormSpec] = {
-    "none": NormSpec("none", "no normalization (identity)", "-", "-", False, _build_none),
+    "none": NormSpec("none", "no normalization (identity)", "-", "-", False, _build_none, options="-",
+                     impls="nn.Identity (both)"),
     "batch": NormSpec(
         "batch",
         "batch normalization (Ioffe & Szegedy 2015)",
@@ -115,6 +157,8 @@ NORMS: dict[str, NormSpec] = {
         "per feature over N",
         True,
         _build_batch,
+        train_eval="train: batch statistics, updates running mean / unbiased running variance; eval: running statistics",
+        options="eps, momentum, affine, track_running_stats",
     ),
     "layer": NormSpec(
         "layer",
@@ -139,6 +183,52 @@ NORMS: dict[str, NormSpec] = {
         "substitute: layer normalization over F (see README)",
         False,
         _build_instance,
+        train_eval="same, unless track_running_stats: true (then eval uses running statistics)",
+        options="eps, momentum, affine, track_running_stats",
+    ),
+    "batch_renorm": NormSpec(
+        "batch_renorm",
+        "batch renormalization (Ioffe 2017)",
+        "per channel over (N, H, W), corrected by r, d toward the moving statistics",
+        "per feature over N, corrected by r, d",
+        True,
+        _build_batch_renorm,
+        train_eval="train: batch statistics times r plus d (clipped, constant in backprop), updates moving statistics; "
+        "eval: moving statistics",
+        options="eps, momentum, affine, r_max, d_max, renorm_warmup_steps, renorm_relax_steps",
+        impls="normbench.schemes.BatchRenorm (both)",
+    ),
+    "frn": NormSpec(
+        "frn",
+        "filter response normalization + TLU (Singh & Krishnan 2019)",
+        "per sample and channel: x / sqrt(mean over (H, W) of x^2 + eps), then max(y, tau)",
+        "per sample and feature: x / sqrt(x^2 + eps) with learnable eps, then max(y, tau)",
+        False,
+        _build_frn,
+        options="eps, frn_learnable_eps",
+        impls="normbench.schemes.FilterResponseNorm (both)",
+    ),
+    "weight_norm": NormSpec(
+        "weight_norm",
+        "weight normalization (Salimans & Kingma 2016)",
+        "no activation normalization; conv weight = g * v / ||v|| per output channel",
+        "no activation normalization; linear weight = g * v / ||v|| per output unit",
+        False,
+        _build_weight_norm,
+        train_eval="same",
+        options="-",
+        impls="torch.nn.utils.parametrizations.weight_norm (both)",
+    ),
+    "spectral_norm": NormSpec(
+        "spectral_norm",
+        "spectral normalization (Miyato et al. 2018)",
+        "no activation normalization; conv weight / its largest singular value",
+        "no activation normalization; linear weight / its largest singular value",
+        False,
+        _build_spectral_norm,
+        train_eval="train: one power iteration per forward updates the singular-vector estimate; eval: estimate frozen",
+        options="-",
+        impls="torch.nn.utils.parametrizations.spectral_norm (both)",
     ),
 }
 
@@ -164,12 +254,18 @@ def make_norm(
     layer: str = "?",
     **options,
 ) -> nn.Module:
-    """Build norm `name` for `channels` channels on maps (dims=2) or feature vectors (dims=1)."""
+    """Build norm `name` for `channels` channels on maps (dims=2) or feature vectors (dims=1).
+
+    `impl` is "torch" (PyTorch's modules) or "reference" (normbench's from-scratch modules);
+    `options` are NormOptions fields (eps, momentum, affine, track_running_stats, groups, ...).
+    Weight reparametrizations return a `schemes.LayerReparam` slot whose `wrap_layer` the model
+    builder applies to the block's conv/linear layer.
+    """
     spec = get_spec(name)
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims}")
     if impl not in IMPLS:
         raise ConfigError(f"unknown norm implementation '{impl}'; valid: {', '.join(IMPLS)}")
-    if options.get("sync") and name != "batch":
-        raise ConfigError(f"norm.sync=true applies to batch norm only, not '{name}'")
-    return spec.build(channels, dims, NormOptions(**options), layer)
+    if options.get("sync") and (name != "batch" or impl != "torch"):
+        raise ConfigError(f"norm.sync=true needs norm.type=batch with norm.impl=torch, not {name} with impl {impl}")
+    return spec.build(channels, dims, NormOptions(**options), layer, impl)

@@ -28,6 +28,8 @@ STEP_COLUMNS = ("step", "epoch", "samples_seen", "train_loss", "lr", "samples_pe
 EPOCH_COLUMNS = (
     "epoch", "samples_seen", "train_loss", "train_acc", "test_loss", "test_acc",
     "samples_per_s", "epoch_s", "eval_s", "lr",
+    # batch-norm diagnostics (normbench/diagnostics.py); empty for other norms
+    "test_loss_batch_stats", "test_acc_batch_stats", "test_loss_precise_bn", "test_acc_precise_bn",
 )
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 CONFIG_FILE, META_FILE, STEPS_FILE, EPOCHS_FILE, ERROR_FILE = (

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench import distributed, results
+from normbench import diagnostics, distributed, fastpath, results
 from normbench.config import Config, dump
 from normbench.data import TensorData, dataset_shape, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
 from normbench.models import build_model, norm_layers
 from normbench.norms import make_norm
+from normbench.probe import Probe, check_probe
 from normbench.progress import Reporter
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,7 +68,8 @@ def check_buildable(cfg: Config) -> None:
     """Build the model on the meta device (no memory) so layer-level errors surface before any work."""
     shape, classes = dataset_shape(cfg.dataset)
     with torch.device("meta"):
-        build_for_config(cfg, shape, classes)
+        model = build_for_config(cfg, shape, classes)
+    check_probe(model, cfg.probe, shape)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,14 +79,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """The optimizer the config names."""
+def make_optimizer(cfg: Config, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer the config names; fused kernels on CPU/CUDA (`fastpath.optimizer_options`)."""
     opt = cfg.optimizer
+    extra = fastpath.optimizer_options(device) if device is not None else {}
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
     if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):
@@ -148,8 +151,11 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
     """
     seed_everything(cfg.seed)
     model = build_for_config(cfg, data.shape, data.num_classes).to(device)
+    channels_last = fastpath.channels_last_on(cfg.channels_last, cfg.model, data.shape, device)
+    model = fastpath.prepare_model(model, channels_last)
+    data = fastpath.prepare_data(data, channels_last)
     net = dist.wrap(model) if dist else model  # distributed: DDP averages gradients over processes
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, model.parameters(), device)
     n_train = len(data.train_y)
     steps_per_epoch, total_steps, epochs = plan_steps(cfg, n_train)
     scheduler = make_scheduler(cfg, optimizer, total_steps)
@@ -163,7 +169,12 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         total_steps=total_steps,
         epochs_planned=epochs,
         dropped_per_epoch=n_train - steps_per_epoch * batch,
+        channels_last=channels_last,
+        optimizer_impl=fastpath.optimizer_impl(device),
+        norm_momentum_torch=cfg.norm.torch_momentum(),  # the momentum in PyTorch's convention, as used
     )
+    probe = Probe(model, cfg.probe, run_dir.path) if cfg.probe else None
+    probe_test_acc = lambda: evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision)[1]  # noqa: E731
 
     reporter.start(cfg.name, total_steps, epochs)
     step, samples_seen, train_time = 0, 0, 0.0
@@ -183,6 +194,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
             if dist:  # this process's contiguous shard of the global batch
                 idx = dist.shard(idx)
             xb, yb = data.train_x[idx], data.train_y[idx]  # (B, C, H, W), (B,)
+            if probe:
+                probe.before_step(step + 1)
             with autocast(device, cfg.precision):
                 logits = net(xb)
                 loss = F.cross_entropy(logits, yb)
@@ -196,6 +209,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
             correct += (logits.argmax(1) == yb).sum()
             step += 1
             samples_seen += batch
+            if probe:
+                probe.after_step(step, epoch, probe_test_acc)
             reporter.advance()
             if step % cfg.log_every == 0 or i == epoch_steps - 1:
                 cumulative = distributed.global_item(loss_sum, dist, mean=True)  # the one host sync per logged step
@@ -222,13 +237,14 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         else:
             test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision)
         eval_s = time.perf_counter() - eval_start
+        extra = diagnostics.epoch_diagnostics(model, data, cfg, epoch, evaluate, lambda: autocast(device, cfg.precision))
         row = {
             "epoch": epoch, "samples_seen": samples_seen,
             "train_loss": distributed.global_item(loss_sum, dist, mean=True) / epoch_steps,
             "train_acc": distributed.global_item(correct, dist) / (epoch_steps * batch),
             "test_loss": test_loss, "test_acc": test_acc,
             "samples_per_s": epoch_steps * batch / epoch_s, "epoch_s": epoch_s, "eval_s": eval_s,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": optimizer.param_groups[0]["lr"], **extra,
         }
         run_dir.epochs.write(row)
         reporter.epoch(row, epochs)
@@ -242,6 +258,8 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
             "mean_samples_per_s": samples_seen / train_time,
         }
         run_dir.update_meta(**final)
+    if probe:  # rows are flushed as written, so an early ending loses none
+        probe.close()
     return final
 
 

@@ -166,7 +166,7 @@ def test_a_hanging_rank_times_out_and_is_terminated(monkeypatch):
 @pytest.mark.parametrize("overrides, nproc, message", [
     ({}, 3, "batch_size=16 (the global batch) is not divisible by 3 processes"),
     ({"batch_size": 2}, 2, "unsynced batch norm needs >= 2 per process"),
-    ({"norm.type": "group", "norm.sync": True}, 2, "norm.sync=true applies to batch norm only"),
+    ({"norm.type": "group", "norm.sync": True}, 2, "norm.sync=true applies to batch norm"),
 ])
 def test_config_errors_before_any_process_starts(runner, write_config, tmp_path, overrides, nproc, message):
     result = runner.invoke(app, ["run", str(write_config(**overrides)), "--nproc", str(nproc), "--results-dir", str(tmp_path)])

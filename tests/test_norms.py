@@ -41,7 +41,7 @@ SHAPES = {1: (8, 64), 2: (6, 32, 5, 7)}
 
 
 @pytest.mark.parametrize("dims", [1, 2])
-@pytest.mark.parametrize("name", list(NORMS))
+@pytest.mark.parametrize("name", ["none", "batch", "layer", "group", "instance"])  # the rest: test_schemes.py
 def test_train_mode_output_matches_float64_definition(name, dims):
     torch.manual_seed(0)
     x = torch.randn(SHAPES[dims]) * 3 + 1.5
@@ -132,5 +132,5 @@ def test_unknown_norm_lists_the_valid_ones():
         get_spec("bn")
 
 
-def test_only_batch_norm_is_batch_dependent():
-    assert [n for n, s in NORMS.items() if s.batch_dependent] == ["batch"]
+def test_only_batch_and_batch_renorm_are_batch_dependent():
+    assert [n for n, s in NORMS.items() if s.batch_dependent] == ["batch", "batch_renorm"]
