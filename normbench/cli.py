@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from normbench import __version__
-from normbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, NormbenchError
+from normbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
 
 app = typer.Typer(
     name="normbench",
@@ -93,20 +93,35 @@ def run(
     results_dir: ResultsDirOption = Path("results"),
     data_dir: DataDirOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved config; train nothing.")] = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        "--nproc", min=1, help="Train data-parallel over N local processes (gloo on CPU, nccl on CUDA); batch_size is the global batch.",
+    )] = None,
 ) -> None:
     """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv)."""
-    from normbench import train
+    from normbench import distributed, train
     from normbench.config import dump, load_config
     from normbench.progress import RichReporter
 
     cfg = load_config(config, set_ or [])
+    if nproc and distributed.from_env():
+        raise ConfigError("--nproc starts local processes; under torchrun set the count with --nproc-per-node instead")
     if dry_run:
+        distributed.check_world(cfg, nproc or 1)
         train.resolve_device(cfg.device)
         train.check_buildable(cfg)
         typer.echo(dump(cfg), nl=False)
         return
     _sigterm_as_interrupt()
-    outcome = train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
+    if distributed.from_env():  # started by torchrun: this process is one rank; rank 0 reports
+        rank, outcome = distributed.run_torchrun(cfg, results_dir, data_dir, RichReporter(console=console))
+        if rank != 0:
+            if outcome.status != "completed":
+                fail(f"rank {rank}: run {outcome.status}: {outcome.reason}", outcome.exit_code)
+            return
+    elif nproc and nproc > 1:
+        outcome = distributed.launch_run(cfg, nproc, results_dir, data_dir)
+    else:
+        outcome = train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
     if outcome.status == "completed":
         final = outcome.final
         console.print(

@@ -69,6 +69,7 @@ class NormConfig(_Strict):
     renorm_warmup_steps: int = Field(500, ge=0, description="batch_renorm: steps of plain batch norm (r_max 1, d_max 0)")
     renorm_relax_steps: int = Field(2000, ge=0, description="batch_renorm: steps to relax linearly to r_max / d_max")
     frn_learnable_eps: bool | None = Field(None, description="frn: learnable eps; null = on feature vectors only")
+    sync: bool = Field(False, description="batch norm: statistics over the global batch of all processes")
 
     @field_validator("type")
     @classmethod
@@ -103,6 +104,7 @@ class NormConfig(_Strict):
             "affine": self.affine,
             "track_running_stats": self.track_running_stats,
             "groups": self.groups,
+            "sync": self.sync,
         }
 
 
@@ -177,6 +179,11 @@ class Config(_Strict):
             raise ValueError(
                 f"batch_size={self.batch_size} with norm.type={self.norm.type}: batch statistics need "
                 "at least 2 samples per batch; use batch_size >= 2 or another norm"
+            )
+        if self.norm.sync and (self.norm.type != "batch" or self.norm.impl != "torch"):
+            raise ValueError(
+                f"norm.sync=true applies to batch norm with impl torch only, not norm.type={self.norm.type} "
+                f"impl={self.norm.impl}; drop norm.sync"
             )
         if self.precise_bn is not None and self.norm.type != "batch":
             raise ValueError(f"precise_bn applies to batch norm only, but norm.type={self.norm.type}; remove precise_bn")

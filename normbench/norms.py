@@ -14,6 +14,7 @@ from torch import nn
 from normbench import reference_norms as ref
 from normbench import schemes
 from normbench.errors import ConfigError
+from normbench.sync_batchnorm import AllReduceBatchNorm
 
 # torch: PyTorch's own modules; reference: normbench's from-scratch modules (reference_norms.py).
 # Schemes PyTorch has no module for (batch_renorm, frn) and the weight reparametrizations
@@ -38,6 +39,7 @@ class NormOptions:
     renorm_relax_steps: int = 2000  # steps to relax linearly to r_max / d_max
     # frn: learnable eps; None = learnable on feature vectors (N, F), fixed on maps (the paper's advice)
     frn_learnable_eps: bool | None = None
+    sync: bool = False  # batch norm only: statistics over all processes (sync_batchnorm.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def _build_batch(channels: int, dims: int, opts: NormOptions, layer: str, impl: 
     )
     if impl == "reference":
         return ref.ReferenceBatchNorm(channels, dims=dims, **kwargs)
+    if opts.sync:  # statistics over all processes; one class for (N, F) and (N, C, H, W)
+        return AllReduceBatchNorm(channels, **kwargs)
     cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     return cls(channels, **kwargs)
 
@@ -262,4 +266,6 @@ def make_norm(
         raise ValueError(f"dims must be 1 or 2, got {dims}")
     if impl not in IMPLS:
         raise ConfigError(f"unknown norm implementation '{impl}'; valid: {', '.join(IMPLS)}")
+    if options.get("sync") and (name != "batch" or impl != "torch"):
+        raise ConfigError(f"norm.sync=true needs norm.type=batch with norm.impl=torch, not {name} with impl {impl}")
     return spec.build(channels, dims, NormOptions(**options), layer, impl)

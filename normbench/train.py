@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench import diagnostics, fastpath, results
+from normbench import diagnostics, distributed, fastpath, results
 from normbench.config import Config, dump
 from normbench.data import TensorData, dataset_shape, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
@@ -142,16 +142,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum.item() / n, correct.item() / n
 
 
-def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.RunDir, reporter: Reporter) -> dict:
+def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.RunDir, reporter: Reporter,
+          dist: distributed.DistContext | None = None) -> dict:
     """Train per the config, writing steps.csv and epochs.csv; returns the final metrics.
 
     Raises Diverged on a NaN/Inf loss. Host syncs happen only at logged steps and epoch ends.
+    With `dist`, this process trains on its shard of every global batch under DDP.
     """
     seed_everything(cfg.seed)
     model = build_for_config(cfg, data.shape, data.num_classes).to(device)
     channels_last = fastpath.channels_last_on(cfg.channels_last, cfg.model, data.shape, device)
     model = fastpath.prepare_model(model, channels_last)
     data = fastpath.prepare_data(data, channels_last)
+    net = dist.wrap(model) if dist else model  # distributed: DDP averages gradients over processes
     optimizer = make_optimizer(cfg, model.parameters(), device)
     n_train = len(data.train_y)
     steps_per_epoch, total_steps, epochs = plan_steps(cfg, n_train)
@@ -188,11 +191,13 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         epoch_start = last_logged_time
         for i in range(epoch_steps):
             idx = perm[i * batch : (i + 1) * batch]
+            if dist:  # this process's contiguous shard of the global batch
+                idx = dist.shard(idx)
             xb, yb = data.train_x[idx], data.train_y[idx]  # (B, C, H, W), (B,)
             if probe:
                 probe.before_step(step + 1)
             with autocast(device, cfg.precision):
-                logits = model(xb)
+                logits = net(xb)
                 loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -208,7 +213,7 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
                 probe.after_step(step, epoch, probe_test_acc)
             reporter.advance()
             if step % cfg.log_every == 0 or i == epoch_steps - 1:
-                cumulative = loss_sum.item()  # the one host sync per logged step
+                cumulative = distributed.global_item(loss_sum, dist, mean=True)  # the one host sync per logged step
                 now = time.perf_counter()
                 window = i + 1 - last_logged_step
                 window_loss = (cumulative - last_logged_loss) / window
@@ -226,12 +231,17 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         epoch_s = time.perf_counter() - epoch_start
         train_time += epoch_s
         eval_start = time.perf_counter()
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision)
+        if dist:  # rank 0's model; each process evaluates a shard of the test set
+            test_loss, test_acc = distributed.evaluate_sharded(
+                evaluate, model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision, dist)
+        else:
+            test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size, cfg.precision)
         eval_s = time.perf_counter() - eval_start
         extra = diagnostics.epoch_diagnostics(model, data, cfg, epoch, evaluate, lambda: autocast(device, cfg.precision))
         row = {
             "epoch": epoch, "samples_seen": samples_seen,
-            "train_loss": loss_sum.item() / epoch_steps, "train_acc": correct.item() / (epoch_steps * batch),
+            "train_loss": distributed.global_item(loss_sum, dist, mean=True) / epoch_steps,
+            "train_acc": distributed.global_item(correct, dist) / (epoch_steps * batch),
             "test_loss": test_loss, "test_acc": test_acc,
             "samples_per_s": epoch_steps * batch / epoch_s, "epoch_s": epoch_s, "eval_s": eval_s,
             "lr": optimizer.param_groups[0]["lr"], **extra,
@@ -261,11 +271,13 @@ def run(
     replace_incomplete: bool = False,
     reporter: Reporter | None = None,
     data: TensorData | None = None,
+    dist: distributed.DistContext | None = None,
 ) -> RunOutcome:
     """Run one config end to end. Config, device and data problems raise NormbenchError before
-    anything is written; once the run directory exists, every ending is recorded in meta.json."""
+    anything is written; once the run directory exists, every ending is recorded in meta.json.
+    With `dist` this is one rank of a data-parallel run; only rank 0 writes the run directory."""
     reporter = reporter or Reporter()
-    device = resolve_device(cfg.device)
+    device = dist.device if dist else resolve_device(cfg.device)
     check_buildable(cfg)
     results_dir = results.ensure_writable(Path(results_dir))
     if cfg.num_threads:
@@ -273,16 +285,23 @@ def run(
     if data is None:
         data = load_dataset(cfg.dataset, seed=cfg.seed, device=device, data_dir=data_dir)
     path = run_path or results.new_run_path(results_dir, cfg.name)
+    if dist and not dist.is_main:  # the other ranks train along and write nothing
+        try:
+            final = train(cfg, data, device, distributed.NullRunDir(), reporter, dist)
+        except Diverged as exc:
+            return RunOutcome("diverged", EXIT_DIVERGED, path, str(exc))
+        return RunOutcome("completed", EXIT_OK, path, "", final)
+    world = dist.meta(cfg.batch_size) if dist else {"world_size": 1}
     try:
         run_dir = results.RunDir(
-            path, dump(cfg), {"name": cfg.name, "environment": results.environment(device), "data": data.info},
+            path, dump(cfg), {"name": cfg.name, "environment": results.environment(device), "data": data.info, **world},
             replace_incomplete=replace_incomplete,
         )
     except OSError as exc:
         raise NormbenchError(f"cannot create run directory '{path}': {exc.strerror or exc}; pass --results-dir DIR") from None
 
     try:
-        final = train(cfg, data, device, run_dir, reporter)
+        final = train(cfg, data, device, run_dir, reporter, dist)
     except Diverged as exc:
         run_dir.finish("diverged", reason=str(exc))
         return RunOutcome("diverged", EXIT_DIVERGED, run_dir.path, str(exc), _final(run_dir))
