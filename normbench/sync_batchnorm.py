@@ -1,8 +1,8 @@
 """Cross-process batch norm that works on CPU (gloo) and GPU (nccl) alike.
 
 PyTorch's `nn.SyncBatchNorm` refuses CPU tensors, so normbench has its own: in training, each
-process computes per-channel [sum, sum of squares, count] over its shard, one all-reduce turns
-them into statistics of the whole global batch, and the backward pass all-reduces the two
+process computes per-channel [sum, count] over its shard, an all-reduce gives the global mean,
+a second all-reduce of the centred sums of squares gives the global (biased) variance, and the backward pass all-reduces the two
 per-channel gradient reductions (sum dy, sum dy * xhat) so input gradients are those of the
 global batch. gamma/beta gradients stay local: DistributedDataParallel averages them.
 
@@ -45,19 +45,18 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         local_count = x.numel() // x.shape[1]  # values per channel in this shard
         if local_count <= 1 and group is None:  # as nn.BatchNorm; checked without a host sync
             raise ValueError(f"expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        # One all-reduce: (2C + 1,) = [sum x per channel, sum x^2 per channel, count].
-        stats = torch.cat([
-            x.sum(dims),
-            (x * x).sum(dims),
-            torch.tensor([float(local_count)], dtype=x.dtype, device=x.device),
-        ])
-        stats = _all_reduce_sum(stats, group)
+        # Two all-reduces, as a two-pass variance: first (C + 1,) = [sum x per channel, count] gives
+        # the global mean, then (C,) = sum (x - mean)^2. A one-pass E[x^2] - E[x]^2 in float32 loses
+        # the variance when a channel's mean is large against its spread (tested).
         channels = x.shape[1]
-        total_sum, total_sq, count = stats[:channels], stats[channels : 2 * channels], stats[-1]
-        mean = total_sum / count  # (C,)
-        var = (total_sq / count - mean * mean).clamp_min(0)  # biased variance of the global batch, (C,)
-        invstd = torch.rsqrt(var + eps)
         shape = _channel_shape(x)
+        stats = torch.cat([x.sum(dims), torch.tensor([float(local_count)], dtype=x.dtype, device=x.device)])
+        stats = _all_reduce_sum(stats, group)
+        count = stats[-1]
+        mean = stats[:channels] / count  # (C,)
+        centered_sq = _all_reduce_sum((x - mean.view(shape)).square().sum(dims), group)
+        var = centered_sq / count  # biased variance of the global batch, (C,)
+        invstd = torch.rsqrt(var + eps)
         xhat = (x - mean.view(shape)) * invstd.view(shape)
         y = xhat
         if weight is not None:

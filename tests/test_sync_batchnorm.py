@@ -152,3 +152,19 @@ def test_one_process_on_cuda_equals_plain_batch_norm():
     assert_close(x.grad, x_ref.grad)
     assert_close(ours.running_var, ref.running_var)
     assert_close(ours.weight.grad, ref.weight.grad)
+
+
+@pytest.mark.parametrize("offset", [100.0, 1000.0])
+def test_float32_statistics_survive_a_large_mean(offset):
+    """A channel whose mean is far larger than its spread: one-pass E[x^2] - E[x]^2 in float32 loses
+    the variance (relative error ~1e-2 at mean/std 100, ~1 at 1000); the two-pass form must not."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 4, 6, 6) + offset
+    ours = AllReduceBatchNorm(4, momentum=1.0)
+    out = ours(x)
+    exact = x.double()
+    var = exact.var(dim=(0, 2, 3), unbiased=False)
+    expected = (exact - exact.mean(dim=(0, 2, 3), keepdim=True)) / torch.sqrt(var.view(1, 4, 1, 1) + 1e-5)
+    # float32 holds x to about offset * 6e-8, so that is the output's own precision limit
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=offset * 1e-6)
+    torch.testing.assert_close(ours.running_var.double(), exact.var(dim=(0, 2, 3)), rtol=1e-3, atol=0)
