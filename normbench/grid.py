@@ -52,9 +52,15 @@ def parse_values(text: str, option: str) -> tuple:
     values = []
     for item in items:
         try:
-            values.append(yaml.safe_load(item))
+            value = yaml.safe_load(item)
         except yaml.YAMLError:
-            values.append(item)
+            value = item
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a learning rate list needs it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        values.append(value)
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"{option} '{text}': a value appears twice; list each value once")
     return tuple(values)

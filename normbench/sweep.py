@@ -67,7 +67,7 @@ def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[
     if status == "completed":
         return False, "done (skip)"
     if status == "diverged":
-        return (True, "rerun (diverged)") if retry_diverged else (False, "diverged (skip; --retry-diverged reruns it)")
+        return (True, "rerun (diverged)") if retry_diverged else (False, "diverged (skip)")
     return True, f"rerun ({status})"
 
 
