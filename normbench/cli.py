@@ -181,6 +181,20 @@ def sweep(
         raise typer.Exit(code)
 
 
+@app.command()
+@handle_errors
+def report(
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Run directories, sweep directories or results roots (default: results/).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: report/ inside the first PATH).")] = None,
+) -> None:
+    """Plot loss curves, test error, throughput and accuracy gap vs batch size; write summary.csv and report.md."""
+    from normbench.report import run_report
+
+    run_report(paths or [], out, console)
+
+
 def main() -> None:
     """Entry point of the console script and `python -m normbench`."""
     app()
