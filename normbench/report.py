@@ -96,7 +96,7 @@ def _md_table(frame: pd.DataFrame) -> list[str]:
 
 
 def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in text)
+    return "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in text)
 
 
 def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:

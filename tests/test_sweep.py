@@ -153,11 +153,18 @@ def test_tiny_sweep_end_to_end_then_rerun_skips_everything(runner, write_config,
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert (saved["norm"]["type"], saved["batch_size"], saved["num_threads"]) == (row["norm.type"], int(row["batch_size"]), 1)
 
-    before = {p: p.stat().st_mtime_ns for p in path.rglob("*.csv") if p.name != "index.csv"}
+    reported = runner.invoke(app, ["report", str(path)])  # the sweep's own report, in <sweep>/report
+    assert reported.exit_code == 0, reported.output
+    summary = {(r["norm"], r["batch_size"]): r for r in rows(path / "report" / "summary.csv")}
+    for row in index:
+        assert summary[(row["norm.type"], row["batch_size"])]["test_acc_mean"] == f"{float(row['test_acc']):.4f}".rstrip("0")
+    assert len(list((path / "report").glob("*.png"))) == 4
+
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*.csv") if p.parent.name != "report" and p.name != "index.csv"}
     again = sweep(runner, config, results, "--norms", "batch,group", "--batch-sizes", "4,16", "--jobs", "1")
     assert again.exit_code == 0, again.output
     assert "done (skip)" in again.output and again.output.count("completed norm=") == 0
-    assert {p: p.stat().st_mtime_ns for p in path.rglob("*.csv") if p.name != "index.csv"} == before
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("*.csv") if p.parent.name != "report" and p.name != "index.csv"} == before
 
 
 def test_equal_sample_budget_with_max_samples(runner, write_config, tmp_path):
