@@ -157,7 +157,7 @@ def test_tiny_sweep_end_to_end_then_rerun_skips_everything(runner, write_config,
     assert reported.exit_code == 0, reported.output
     summary = {(r["norm"], r["batch_size"]): r for r in rows(path / "report" / "summary.csv")}
     for row in index:
-        assert summary[(row["norm.type"], row["batch_size"])]["test_acc_mean"] == f"{float(row['test_acc']):.4f}".rstrip("0")
+        assert float(summary[(row["norm.type"], row["batch_size"])]["test_acc_mean"]) == round(float(row["test_acc"]), 4)
     assert len(list((path / "report").glob("*.png"))) == 4
 
     before = {p: p.stat().st_mtime_ns for p in path.rglob("*.csv") if p.parent.name != "report" and p.name != "index.csv"}
