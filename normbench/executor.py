@@ -89,7 +89,8 @@ def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dic
         raise
     except Exception as exc:  # e.g. data missing: recorded for this point, the sweep goes on
         reason = exc.message if isinstance(exc, NormbenchError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if results.read_meta(path) is None or results.read_meta(path).get("status") == "running":
+        # train.run raises only before it has made the run directory: record this attempt there
+        if (results.read_meta(path) or {}).get("status") != "completed":
             _record_early_failure(path, reason, traceback.format_exc())
         status = "failed"
     wall_s = time.perf_counter() - start
