@@ -243,6 +243,19 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _children(pid: int) -> list[int]:
+    """Live child process ids of `pid` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent pid
+            found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.mark.parametrize("jobs", ["2", pytest.param("1", marks=pytest.mark.slow)])
 def test_resume_after_kill_9_mid_run(write_config, tmp_path, jobs):
     """SIGKILL the sweep while a point trains; the rerun ends with one completed run per point."""
@@ -260,15 +273,16 @@ def test_resume_after_kill_9_mid_run(write_config, tmp_path, jobs):
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(mid_run, 120, "the first point to be mid-run")
+        _wait_for(mid_run, 300, "the first point to be mid-run")
+        workers = _children(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert read_meta(victim)["status"] == "running"  # killed: nothing could record an ending
     # no orphaned worker goes on writing into the run that will be redone
-    time.sleep(1.0)
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 30, "the workers to exit")
     size = (victim / "steps.csv").stat().st_size
-    time.sleep(1.0)
+    time.sleep(0.5)
     assert (victim / "steps.csv").stat().st_size == size
     completed_before = {p.name: read_meta(p)["start_time"] for p in runs.iterdir()
                         if (read_meta(p) or {}).get("status") == "completed"}
