@@ -209,6 +209,66 @@ def norms() -> None:
     console.print(table)
 
 
+@app.command()
+@handle_errors
+def sweep(
+    config: Annotated[
+        Optional[Path], typer.Argument(help="Base YAML config; default: the shipped configs/sweep_base.yaml (Fashion-MNIST, cnn).")
+    ] = None,
+    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Batch sizes, e.g. 2,8,64 (default: the base config's).")] = None,
+    norms: Annotated[
+        Optional[str], typer.Option("--norms", help="Norm types, e.g. batch,group (default: every registered norm, see `normbench norms`).")
+    ] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (default: the base config's one seed).")] = None,
+    grid: Annotated[
+        Optional[list[str]], typer.Option("--grid", metavar="KEY=v1,v2", help="Sweep any config key too, e.g. --grid optimizer.lr=0.1,0.01 (repeatable).")
+    ] = None,
+    set_: SetOption = None,
+    lr_scaling: Annotated[
+        str, typer.Option("--lr-scaling", help="Scale lr with batch_size / the base batch size: none, linear or sqrt.")
+    ] = "none",
+    jobs: Annotated[
+        Optional[int], typer.Option("--jobs", help="Worker processes (default: one per CPU core on CPU, 1 on a GPU).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: base name + a hash of base, grid and lr scaling).")] = None,
+    results_dir: ResultsDirOption = Path("results"),
+    data_dir: DataDirOption = None,
+    retry_diverged: Annotated[bool, typer.Option("--retry-diverged", help="Rerun points that diverged before.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; train nothing.")] = False,
+) -> None:
+    """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
+    from normbench.grid import build_axes, parse_grid, parse_ints, parse_values
+    from normbench.norms import NORMS
+    from normbench.sweep import load_base, run_sweep
+
+    base = load_base(config, set_ or [])
+    axes = build_axes(
+        parse_values(norms, "--norms") if norms else tuple(NORMS),
+        parse_ints(batch_sizes, "--batch-sizes", 1) if batch_sizes else (base.batch_size,),
+        parse_ints(seeds, "--seeds", 0) if seeds else (base.seed,),
+        parse_grid(grid or []),
+    )
+    _sigterm_as_interrupt()
+    code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
+                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def report(
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Run directories, sweep directories or results roots (default: results/).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: report/ inside the first PATH).")] = None,
+) -> None:
+    """Plot loss curves, test error, throughput and accuracy gap vs batch size; write summary.csv and report.md."""
+    from normbench.report import run_report
+
+    run_report(paths or [], out, console)
+
+
 def main() -> None:
     """Entry point of the console script and `python -m normbench`."""
     app()

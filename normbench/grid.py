@@ -1,0 +1,178 @@
+"""Sweep grids: the product of value lists over config keys, expanded into validated points.
+
+A point is one config of the grid. Its id is built from its grid values only
+(`norm=batch_bs=2_seed=0`), so running the same sweep again finds the same run directories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from normbench.config import Config, apply_overrides, to_dict, validate
+from normbench.errors import ConfigError, NormbenchError
+
+LR_SCALINGS = ("none", "linear", "sqrt")
+# Short names for the keys every study sweeps; any other key keeps its dotted path in the id.
+SHORT_KEYS = {"norm.type": "norm", "batch_size": "bs", "seed": "seed"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept config key and its values, in the order given."""
+
+    key: str  # dotted config path, e.g. "optimizer.lr"
+    values: tuple
+
+
+@dataclass
+class Point:
+    """One config of the grid: valid (`config`) or invalid (`invalid` says why)."""
+
+    point_id: str
+    values: dict  # grid key -> value
+    config: Config | None = None
+    invalid: str = ""
+    info: dict = field(default_factory=dict)  # lr_scaling facts recorded with the run
+
+
+def parse_values(text: str, option: str) -> tuple:
+    """`2,8,64` -> (2, 8, 64); each item is parsed as YAML so numbers, null and booleans keep their type."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(item == "" for item in items):
+        raise ConfigError(f"{option} '{text}': expected a comma-separated list of values, e.g. {option} 2,8,64")
+    values = []
+    for item in items:
+        try:
+            value = yaml.safe_load(item)
+        except yaml.YAMLError:
+            value = item
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a learning rate list needs it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        values.append(value)
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"{option} '{text}': a value appears twice; list each value once")
+    return tuple(values)
+
+
+def parse_ints(text: str, option: str, minimum: int) -> tuple[int, ...]:
+    """A comma-separated list of integers >= minimum, or a one-line ConfigError."""
+    values = parse_values(text, option)
+    bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < minimum]
+    if bad:
+        raise ConfigError(f"{option} '{text}': every value must be an integer >= {minimum} (bad: {', '.join(map(str, bad))})")
+    return values
+
+
+def check_key(key: str) -> None:
+    """Raise ConfigError unless `key` is a dotted path to a config option."""
+    model: type[BaseModel] = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the config"
+            raise ConfigError(f"--grid {key}: '{part}' is not a key of {where} (valid: {', '.join(fields)})")
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i < len(parts) - 1:
+            if not is_section:
+                raise ConfigError(f"--grid {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+            model = annotation
+        elif is_section:
+            raise ConfigError(f"--grid {key}: '{key}' is a section; sweep one of its keys ({', '.join(annotation.model_fields)})")
+
+
+def parse_grid(texts: list[str]) -> list[Axis]:
+    """`--grid KEY=v1,v2` options -> axes; each key must be a config option."""
+    axes = []
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--grid '{text}': expected KEY=v1,v2, e.g. --grid optimizer.lr=0.1,0.01")
+        check_key(key)
+        axes.append(Axis(key, parse_values(raw, f"--grid {key}=")))
+    return axes
+
+
+def build_axes(norms, batch_sizes, seeds, grid: list[Axis]) -> list[Axis]:
+    """The sweep's axes in id order: norm, batch size, seed, then every --grid key."""
+    axes = [Axis("norm.type", tuple(norms)), Axis("batch_size", tuple(batch_sizes)), Axis("seed", tuple(seeds))]
+    axes += grid
+    keys = [a.key for a in axes]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"{', '.join(dupes)} is swept twice; give it once (--norms/--batch-sizes/--seeds or --grid)")
+    return axes
+
+
+def _id_part(value: Any) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", text)
+
+
+def point_id(values: dict) -> str:
+    """Deterministic directory name from grid values, e.g. `norm=batch_bs=2_seed=0`."""
+    return "_".join(f"{SHORT_KEYS.get(k, k)}={_id_part(v)}" for k, v in values.items())
+
+
+def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, scaling: str) -> float:
+    """The learning rate for `batch_size`: unchanged, linear or square-root in batch_size / base_batch_size."""
+    ratio = batch_size / base_batch_size
+    if scaling == "linear":
+        return base_lr * ratio
+    if scaling == "sqrt":
+        return base_lr * math.sqrt(ratio)
+    return base_lr
+
+
+def _point(base: dict, values: dict, lr_scaling: str, threads: int | None) -> Point:
+    """Validate one grid point; any problem (bad value, BN at batch 1, groups) marks it invalid."""
+    from normbench.train import check_buildable
+
+    overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+    pid = point_id(values)
+    try:
+        data = apply_overrides(base, overrides)
+        unscaled = validate(data, pid)  # the lr before scaling: maybe swept itself
+        lr = scaled_lr(unscaled.optimizer.lr, unscaled.batch_size, base["batch_size"], lr_scaling)
+        data["optimizer"]["lr"] = lr
+        if threads is not None:
+            data["num_threads"] = threads
+        cfg = validate(data, pid)
+        check_buildable(cfg)  # e.g. groups that do not divide a layer's channels
+    except NormbenchError as exc:
+        reason = exc.message.removeprefix(f"invalid config {pid}: ")
+        return Point(pid, values, invalid=reason)
+    info = {"lr_scaling": lr_scaling, "unscaled_lr": unscaled.optimizer.lr, "base_batch_size": base["batch_size"]}
+    return Point(pid, values, config=cfg, info=info)
+
+
+def expand(base: Config, axes: list[Axis], lr_scaling: str = "none", threads: int | None = None) -> list[Point]:
+    """Every combination of the axes' values applied to `base`, in order; invalid ones carry a reason."""
+    if lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"--lr-scaling {lr_scaling}: valid values are {', '.join(LR_SCALINGS)}")
+    base_data = to_dict(base)
+    points = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        values = {a.key: v for a, v in zip(axes, combo)}
+        points.append(_point(base_data, values, lr_scaling, threads))
+    return points
+
+
+def spec_digest(base: Config, axes: list[Axis], lr_scaling: str) -> str:
+    """A short hash of what defines a sweep (base config, grid, lr scaling): names the default sweep."""
+    spec = {"base": to_dict(base), "grid": {a.key: list(a.values) for a in axes}, "lr_scaling": lr_scaling}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]

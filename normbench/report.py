@@ -1,0 +1,186 @@
+"""`normbench report`: every run under some paths -> summary.csv, four figures, report.md, a table.
+
+summary.csv has one row per dataset x model x norm x batch size x other varying config keys x
+device. Means are over completed runs only; diverged, failed and unfinished runs are counted in
+their own columns and listed in report.md. Values are rounded once, in the summary table, so the
+CSV, report.md and the terminal show the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from normbench import report_figures as figures
+from normbench.collect import Collected, collect
+from normbench.errors import NormbenchError
+from normbench.norms import NORMS
+
+SUMMARY_FILE, REPORT_FILE = "summary.csv", "report.md"
+# Decimal places per summary column: what every output shows.
+DECIMALS = {"test_acc_mean": 4, "test_acc_std": 4, "test_error_pct_mean": 2, "test_error_pct_std": 2,
+            "train_acc_mean": 4, "gap_pct_mean": 2, "samples_per_s_mean": 1}
+UNFINISHED = ("running", "interrupted", "unknown")
+
+
+def group_keys(extra: list[str]) -> list[str]:
+    """The columns that identify a summary row."""
+    return ["dataset", "model", "norm", "batch_size", *extra, "device"]
+
+
+def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """One row per group: counts by status; test/train accuracy and speed over completed runs."""
+    rows = []
+    for key, group in runs.groupby(group_keys(extra), sort=False, dropna=False):
+        done = group[group["status"] == "completed"]
+        acc = done["test_acc"].astype(float)
+        std = acc.std(ddof=1) if len(done) > 1 else math.nan  # sample std over seeds
+        rows.append({
+            **dict(zip(group_keys(extra), key)),
+            "n_seeds": len(done),
+            "n_diverged": int((group["status"] == "diverged").sum()),
+            "n_failed": int((group["status"] == "failed").sum()),
+            "n_unfinished": int(group["status"].isin(UNFINISHED).sum()),
+            "test_acc_mean": acc.mean() if len(done) else math.nan,
+            "test_acc_std": std,
+            "test_error_pct_mean": 100 * (1 - acc.mean()) if len(done) else math.nan,
+            "test_error_pct_std": 100 * std,
+            "train_acc_mean": done["train_acc"].astype(float).mean() if len(done) else math.nan,
+            "gap_pct_mean": 100 * (done["train_acc"].astype(float) - acc).mean() if len(done) else math.nan,
+            "samples_per_s_mean": done["samples_per_s"].astype(float).mean() if len(done) else math.nan,
+        })
+    summary = pd.DataFrame(rows).round(DECIMALS)
+    order = {n: i for i, n in enumerate(figures.norm_order(summary["norm"].unique()))}
+    summary = summary.sort_values(["dataset", "model", *extra, "device", "norm", "batch_size"],
+                                  key=lambda c: c.map(order) if c.name == "norm" else c)
+    return summary.reset_index(drop=True)
+
+
+def fmt(value, column: str = "") -> str:
+    """A summary value as every output shows it: the rounded number, or '-' when there is none."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.{DECIMALS[column]}f}" if column in DECIMALS else f"{value:g}"
+    return str(value)
+
+
+def findings(summary: pd.DataFrame) -> list[str]:
+    """The batch-size story in numbers: test error per norm at the smallest and largest batch size,
+    and batch norm against the best batch-independent norm (none excluded)."""
+    lines = []
+    done = summary[summary["n_seeds"] > 0]
+    for batch_size in sorted({done["batch_size"].min(), done["batch_size"].max()}):
+        at = done[done["batch_size"] == batch_size]
+        errors = ", ".join(f"{r.norm} {fmt(r.test_error_pct_mean, 'test_error_pct_mean')} %" for r in at.itertuples())
+        line = f"At batch size {batch_size}: test error {errors}."
+        others = at[[n in NORMS and not NORMS[n].batch_dependent and n != "none" for n in at["norm"]]]
+        batch = at[at["norm"] == "batch"]
+        if len(batch) == 1 and len(others):
+            best = others.loc[others["test_error_pct_mean"].idxmin()]
+            diff = batch["test_error_pct_mean"].iloc[0] - best["test_error_pct_mean"]
+            side = "above" if diff > 0 else "below"
+            line += (f" Batch norm is {abs(diff):.2f} points {side} the best batch-independent norm "
+                     f"({best['norm']}, {fmt(best['test_error_pct_mean'], 'test_error_pct_mean')} %).")
+        lines.append(line)
+    return lines
+
+
+def _md_table(frame: pd.DataFrame) -> list[str]:
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(fmt(v, c) for c, v in zip(frame.columns, row)) + " |" for row in frame.itertuples(index=False)]
+    return [head, rule, *body]
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in text)
+
+
+def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """Write summary.csv, the figures and report.md into `out`; returns the summary and the files."""
+    runs, extra = collected.runs, collected.extra_keys
+    summary = summarize(runs, extra)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.10g")
+    except OSError as exc:
+        raise NormbenchError(f"cannot write the report into '{out}': {exc.strerror or exc}; pass --out DIR") from None
+    files = [out / SUMMARY_FILE]
+    counts = runs["status"].value_counts().to_dict()
+    md = ["# normbench report", "",
+          f"Sources: {', '.join(f'`{s}`' for s in sources)}. Runs found: {len(runs) + len(collected.skipped)}: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(collected.skipped)} skipped (unreadable results).",
+          "", "Means are over completed runs only (n_seeds); diverged, failed and unfinished runs are counted "
+          "separately and listed below. The same table is in `summary.csv`.", ""]
+    several_devices = summary["device"].nunique() > 1
+    for (dataset, model), part in summary.groupby(["dataset", "model"], sort=False):
+        title = f"{dataset} / {model}"
+        part_runs = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+        slug = _slug(f"{dataset}_{model}")
+        varying = [k for k in extra if part[k].nunique() > 1]  # keys that split lines in this part
+        per_device = [*varying, "device"] if several_devices else varying
+        drawn = [
+            figures.test_error(part, per_device, title, out / f"test_error_vs_batch_size_{slug}.png"),
+            figures.loss_curves(part_runs, collected.curves, varying, title, out / f"loss_curves_{slug}.png"),
+            figures.throughput(part, varying, title, out / f"throughput_vs_batch_size_{slug}.png"),
+            figures.accuracy_gap(part, per_device, title, out / f"accuracy_gap_vs_batch_size_{slug}.png"),
+        ]
+        files += drawn
+        md += [f"## {title}", "", "### Findings", ""]
+        for _, setting in part.groupby(per_device or ["device"], sort=False):
+            label = ", ".join(f"{k}={setting.iloc[0][k]}" for k in per_device)
+            md += [f"- {f'({label}) ' if label else ''}{line}" for line in findings(setting)]
+        md += [""]
+        for path, caption in zip(drawn, ("Test error vs batch size", "Training loss vs samples seen",
+                                         "Training throughput vs batch size", "Train-vs-test accuracy gap vs batch size")):
+            md += [f"![{caption}]({path.name})", ""]
+        md += ["### Summary", "", *_md_table(part.drop(columns=["dataset", "model"])), ""]
+    bad = runs[runs["status"] != "completed"]
+    if len(bad):
+        md += ["## Runs not averaged (diverged, failed, unfinished)", "", "| run | norm | batch size | seed | status | reason |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| `{r.run_dir}` | {r.norm} | {r.batch_size} | {r.seed} | {r.status} | {r.reason} |" for r in bad.itertuples()]
+        md += [""]
+    if collected.skipped:
+        md += ["## Skipped runs (unreadable results)", "", "| run | why |", "|---|---|"]
+        md += [f"| `{path}` | {why} |" for path, why in collected.skipped] + [""]
+    (out / REPORT_FILE).write_text("\n".join(md), encoding="utf-8")
+    return summary, [*files, out / REPORT_FILE]
+
+
+def summary_table(summary: pd.DataFrame, extra: list[str]):
+    """One (dataset, model) part of the summary as a rich table, with the same numbers as summary.csv."""
+    from rich.table import Table
+
+    hidden = {"dataset", "model", "test_error_pct_std", "train_acc_mean", "n_diverged", "n_failed", "n_unfinished"}
+    hidden |= {c for c in [*extra, "device"] if summary[c].nunique() == 1}  # constant here: said in the title
+    columns = [c for c in summary.columns if c not in hidden]  # the CSV's names; fits a terminal
+    first = summary.iloc[0]
+    title = f"{first['dataset']} / {first['model']}: " + ", ".join(
+        f"{c}={first[c]}" for c in [*extra, "device"] if c in hidden and first[c] != "null")
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("dataset", "model", "norm", "device") else "left")
+    for row in summary[columns].itertuples(index=False):
+        table.add_row(*(fmt(v, c) for c, v in zip(columns, row)))
+    return table
+
+
+def run_report(paths: list[Path], out: Path | None, console) -> Path:
+    """Collect, write and print the report; returns the output folder."""
+    paths = [Path(p) for p in paths] or [Path("results")]
+    collected = collect(paths)
+    out = Path(out) if out else (paths[0] if paths[0].is_dir() else paths[0].parent) / "report"
+    summary, files = write_report(collected, out, paths)
+    for _, part in summary.groupby(["dataset", "model"], sort=False):
+        console.print(summary_table(part, collected.extra_keys))
+    for path, why in collected.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)
+    bad = collected.runs[collected.runs["status"] != "completed"]
+    for r in bad.itertuples():
+        console.print(f"[red]{r.status}[/] (not averaged) {r.run_dir}: {r.reason}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(files)} files to {out}: " + ", ".join(p.name for p in files), highlight=False, soft_wrap=True)
+    return out

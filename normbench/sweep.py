@@ -1,0 +1,261 @@
+"""`normbench sweep`: run every point of a grid, resumably, in one or more worker processes.
+
+Layout of a sweep, `<results>/sweeps/<name>/`:
+  sweep.yaml        the base config, the grid and the lr scaling (what defines the sweep)
+  runs/<point-id>/  one run directory per point, the same layout as `normbench run`
+  index.csv         one row per point, rewritten atomically from the run directories' meta.json
+
+The run directories are the source of truth: a point whose meta.json says `completed` is never
+run again; anything else (failed, interrupted, killed mid-run) is cleared and rerun, diverged
+ones only when asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import yaml
+
+from normbench import results
+from normbench.config import Config, to_dict
+from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
+from normbench.executor import PointTask, execute
+from normbench.grid import Axis, Point, spec_digest
+
+SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
+INDEX_TAIL = ("lr", "status", "reason", "run_dir", "test_acc", "samples_per_s", "wall_s")
+DEFAULT_BASE = Path(__file__).resolve().parents[1] / "configs" / "sweep_base.yaml"
+
+
+def index_columns(axes: list[Axis]) -> tuple[str, ...]:
+    """index.csv columns: the point id, one column per grid key, then INDEX_TAIL."""
+    return ("point", *(a.key for a in axes), *INDEX_TAIL)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def plan_workers(base: Config, jobs: int | None, device_type: str, cores: int) -> tuple[int, int]:
+    """(worker processes, torch threads per point) so that workers x threads <= cores.
+
+    Auto (`jobs=None`): one process per core on CPU (small batches gain little from threads, a
+    lot from processes), one on a GPU. Threads: the base config's `num_threads`, else cores // jobs.
+    """
+    if jobs is None:
+        jobs = 1 if device_type != "cpu" else max(1, cores // (base.num_threads or 1))
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be at least 1")
+    threads = base.num_threads or max(1, cores // jobs)
+    if device_type == "cpu" and jobs * threads > cores:
+        raise ConfigError(f"--jobs {jobs} x num_threads {threads} exceeds the {cores} CPU cores; lower --jobs or num_threads")
+    return jobs, threads
+
+
+def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[bool, str]:
+    """(run it?, what the plan says) for a point's run directory."""
+    if not exists:
+        return True, "run"
+    status = (meta or {}).get("status", "incomplete")
+    if status == "completed":
+        return False, "done (skip)"
+    if status == "diverged":
+        return (True, "rerun (diverged)") if retry_diverged else (False, "diverged (skip)")
+    return True, f"rerun ({status})"
+
+
+# --- the sweep ------------------------------------------------------------------------------
+
+
+class Sweep:
+    """A sweep directory: its spec (sweep.yaml), points, run directories and index.csv."""
+
+    def __init__(self, path: Path, base: Config, axes: list[Axis], lr_scaling: str, points: list[Point]):
+        self.path, self.base, self.axes, self.lr_scaling, self.points = Path(path), base, axes, lr_scaling, points
+
+    def run_path(self, point: Point) -> Path:
+        """Where a point's run directory goes."""
+        return self.path / RUNS_DIR / point.point_id
+
+    def spec(self) -> dict:
+        """What sweep.yaml holds."""
+        return {"base": to_dict(self.base), "grid": {a.key: list(a.values) for a in self.axes}, "lr_scaling": self.lr_scaling}
+
+    def write_spec(self) -> None:
+        """Create sweep.yaml, or check that an existing one describes this same sweep."""
+        file = self.path / SWEEP_FILE
+        spec = self.spec()
+        if file.exists():
+            try:
+                old = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise NormbenchError(f"cannot read {file}: {exc}; remove it or choose another --name") from None
+            if {k: old.get(k) for k in spec} != spec:
+                raise NormbenchError(
+                    f"sweep '{self.path.name}' exists with a different base config, grid or lr scaling "
+                    f"(see {file}); use the same options to resume it or another --name")
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(file, yaml.safe_dump({"name": self.path.name, "created": results.now_iso(), **spec}, sort_keys=False))
+
+    def states(self, retry_diverged: bool) -> list[tuple[Point, bool, str]]:
+        """(point, run it?, plan label) for every point."""
+        out = []
+        for point in self.points:
+            if point.invalid:
+                out.append((point, False, "invalid"))
+                continue
+            path = self.run_path(point)
+            out.append((point, *point_state(results.read_meta(path), path.exists(), retry_diverged)))
+        return out
+
+    def index_rows(self) -> list[dict]:
+        """One index row per point, read from its run directory's meta.json."""
+        rows = []
+        for point in self.points:
+            row = {"point": point.point_id, **point.values}
+            path = self.run_path(point)
+            meta = results.read_meta(path) if not point.invalid else None
+            if point.invalid:
+                status, reason = "invalid", point.invalid
+            elif meta is None:
+                status, reason = ("incomplete" if path.exists() else "pending"), ""
+            else:
+                status, reason = meta.get("status", "incomplete"), meta.get("reason") or ""
+            meta = meta or {}
+            row.update(
+                lr=point.config.optimizer.lr if point.config else "",
+                status=status, reason=reason,
+                run_dir=f"{RUNS_DIR}/{point.point_id}" if path.exists() else "",
+                test_acc=meta.get("final_test_acc") if status == "completed" else "",
+                samples_per_s=meta.get("mean_samples_per_s") if status == "completed" else "",
+                wall_s=(meta.get("sweep") or {}).get("wall_s", ""),
+            )
+            rows.append(row)
+        return rows
+
+    def write_index(self) -> list[dict]:
+        """Rewrite index.csv atomically from the run directories; returns its rows."""
+        rows = self.index_rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=index_columns(self.axes), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: results._format(v) for k, v in row.items()})
+        _write_atomic(self.path / INDEX_FILE, buffer.getvalue())
+        return rows
+
+    def task(self, point: Point, data_dir) -> PointTask:
+        """The picklable task for one valid point."""
+        info = {"name": self.path.name, "values": point.values, **point.info}
+        return PointTask(point.point_id, to_dict(point.config), str(self.run_path(point)),
+                         str(data_dir) if data_dir else None, info)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class SweepLock:
+    """An exclusive lock on a sweep directory, so two sweeps never run the same points at once;
+    the OS drops it when the process dies, even by SIGKILL."""
+
+    def __init__(self, path: Path):
+        self.file = Path(path) / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.file, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock (Windows): run unlocked
+            pass
+        except OSError:
+            self.handle.close()
+            raise NormbenchError(f"sweep '{self.file.parent.name}' is being run by another normbench process; wait for it or stop it") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def exit_code(rows: list[dict]) -> int:
+    """1 if any point failed or is incomplete, else 3 if any diverged, else 0."""
+    statuses = {row["status"] for row in rows}
+    if statuses & {"failed", "running", "interrupted", "incomplete", "pending"}:
+        return EXIT_ERROR
+    return EXIT_DIVERGED if "diverged" in statuses else EXIT_OK
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def load_base(config_path: Path | None, overrides: list[str]) -> Config:
+    """The base config: CONFIG, or the shipped configs/sweep_base.yaml; `--set` applied."""
+    from normbench.config import load_config
+
+    if config_path is None:
+        if not DEFAULT_BASE.is_file():
+            raise NormbenchError(f"the default base config {DEFAULT_BASE} is missing; pass a CONFIG file")
+        config_path = DEFAULT_BASE
+    return load_config(config_path, overrides)
+
+
+def budget_text(base: Config) -> str:
+    """The equal training budget every point gets, in words."""
+    if base.max_samples:
+        return f"{base.max_samples:,} training samples"
+    return f"{base.epochs} epoch(s) of training samples"
+
+
+def run_sweep(
+    base: Config, axes: list[Axis], console, *, lr_scaling: str = "none", jobs: int | None = None,
+    name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
+    retry_diverged: bool = False, dry_run: bool = False,
+) -> int:
+    """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
+    from normbench.grid import expand
+    from normbench.sweep_view import SweepProgress, plan_table, summary_table
+    from normbench.train import resolve_device
+
+    device = resolve_device(base.device)  # an unavailable device is a sweep-level error
+    jobs, threads = plan_workers(base, jobs, device.type, cpu_cores())
+    points = expand(base, axes, lr_scaling, threads)
+    if all(p.invalid for p in points):
+        raise ConfigError(f"every point of the grid is invalid, e.g. {points[0].point_id}: {points[0].invalid}")
+    name = name or f"{base.name}-{spec_digest(base, axes, lr_scaling)}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
+    sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
+    states = sweep.states(retry_diverged)
+    todo = [p for p, runs, _ in states if runs]
+    console.print(plan_table(name, axes, states, budget_text(base), threads, min(jobs, max(len(todo), 1))))
+    if dry_run:
+        return EXIT_OK
+    sweep.write_spec()
+    with SweepLock(sweep.path):
+        sweep.write_index()
+        console.print(f"sweep directory: {sweep.path}", highlight=False, soft_wrap=True)
+        runnable = len(points) - sum(1 for p in points if p.invalid)
+        with SweepProgress(console, total=runnable, done=runnable - len(todo)) as view:
+            execute(sweep, todo, jobs, view, data_dir)
+        rows = sweep.write_index()
+    console.print(summary_table(name, axes, rows))
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; index: {sweep.path / INDEX_FILE}",
+                  highlight=False, soft_wrap=True)
+    return exit_code(rows)
