@@ -6,6 +6,7 @@ at once, each with its full key path (e.g. `norm.groups`), the bad value and wha
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -236,6 +237,9 @@ def validate(data: Any, source: str) -> Config:
         raise ConfigError(f"invalid config {source}: {problems}") from None
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=VALUE` -> (['a', 'b'], VALUE parsed as YAML, so 8 is an int and null is None)."""
     key, sep, raw = text.partition("=")
@@ -245,6 +249,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as text; on the command line it is a number
+            value = float(value) if _FLOAT.fullmatch(value.strip()) else value
+        except ValueError:
+            pass
     return key.strip().split("."), value
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from normbench import report_extras as extras
 from normbench import report_figures as figures
 from normbench.collect import Collected, collect
 from normbench.errors import NormbenchError
@@ -147,6 +148,10 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
     if collected.skipped:
         md += ["## Skipped runs (unreadable results)", "", "| run | why |", "|---|---|"]
         md += [f"| `{path}` | {why} |" for path, why in collected.skipped] + [""]
+    probe_files, probe_md = extras.probe_section(runs["run_dir"], out)
+    bench_files, bench_md = extras.bench_section(extras.find_bench_csvs(sources), out)
+    files += probe_files + bench_files
+    md += probe_md + bench_md
     (out / REPORT_FILE).write_text("\n".join(md), encoding="utf-8")
     return summary, [*files, out / REPORT_FILE]
 
@@ -172,8 +177,18 @@ def summary_table(summary: pd.DataFrame, extra: list[str]):
 def run_report(paths: list[Path], out: Path | None, console) -> Path:
     """Collect, write and print the report; returns the output folder."""
     paths = [Path(p) for p in paths] or [Path("results")]
-    collected = collect(paths)
     out = Path(out) if out else (paths[0] if paths[0].is_dir() else paths[0].parent) / "report"
+    try:
+        collected = collect(paths)
+    except NormbenchError:
+        bench_csvs = extras.find_bench_csvs(paths) if all(p.exists() for p in paths) else []
+        if not bench_csvs:
+            raise
+        files, md = extras.bench_section(bench_csvs, out)  # a results root with benchmarks only
+        (out / REPORT_FILE).write_text("\n".join(["# normbench report", "", *md]), encoding="utf-8")
+        console.print(f"wrote {len(files) + 1} files to {out}: " + ", ".join(p.name for p in [*files, out / REPORT_FILE]),
+                      highlight=False, soft_wrap=True)
+        return out
     summary, files = write_report(collected, out, paths)
     for _, part in summary.groupby(["dataset", "model"], sort=False):
         console.print(summary_table(part, collected.extra_keys))

@@ -105,6 +105,13 @@ def test_overrides_are_typed_and_validated(tmp_path):
         load_config(path, ["batch_size"])
 
 
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("5E2", 500.0), ("-2.5e-1", -0.25), ("1.0e-3", 1e-3), ("3", 3), ("e5", "e5")])
+def test_override_reads_exponent_numbers_as_numbers(text, value):
+    from normbench.config import parse_override
+
+    assert parse_override(f"optimizer.lr={text}")[1] == value
+
+
 def test_override_expands_a_shorthand_section():
     assert apply_overrides({"norm": "batch"}, ["norm.groups=4"]) == {"norm": {"type": "batch", "groups": 4}}
 

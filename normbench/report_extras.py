@@ -1,0 +1,103 @@
+"""Report sections beyond the batch-size study: activation probes (probe.csv) and benchmarks
+(`normbench bench` CSVs). Each returns the files it drew and the Markdown lines that show them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from normbench.bench import BENCH_COLUMNS
+from normbench.probe import PROBE_FILE, plot_accuracy_vs_steps, plot_probe
+
+
+def probed_runs(run_dirs) -> list[Path]:
+    """Run directories whose probe.csv has at least one row."""
+    found = []
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / PROBE_FILE
+        try:
+            if path.is_file() and len(path.read_text(encoding="utf-8").splitlines()) > 1:
+                found.append(run_dir)
+        except OSError:
+            continue
+    return found
+
+
+def probe_section(run_dirs, out: Path) -> tuple[list[Path], list[str]]:
+    """Percentile bands and test accuracy vs steps of every probed run (the BN paper's Figure 1)."""
+    probed = probed_runs(run_dirs)
+    if not probed:
+        return [], []
+    files = [
+        plot_accuracy_vs_steps(probed, out / "probe_test_accuracy_vs_steps.png"),
+        plot_probe(probed, out / "probe_percentiles.png"),
+    ]
+    md = ["## Activation probe", "",
+          f"{len(probed)} run(s) recorded `probe.csv`: the 15th/50th/85th percentiles of a layer's input "
+          "during training (the BN paper's Figure 1(b, c)) and, where asked, test accuracy at the probe steps.", "",
+          f"![Test accuracy vs steps]({files[0].name})", "", f"![Input percentiles]({files[1].name})", ""]
+    return files, md
+
+
+def find_bench_csvs(paths) -> list[Path]:
+    """`normbench bench` CSVs at or under the given paths (results/bench/*.csv)."""
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        candidates = [path] if path.is_file() else sorted(path.rglob("bench/*.csv")) if path.is_dir() else []
+        for csv_path in candidates:
+            try:
+                header = csv_path.read_text(encoding="utf-8").splitlines()[:1]
+            except OSError:
+                continue
+            if header and tuple(header[0].split(",")) == BENCH_COLUMNS:
+                found[csv_path.resolve()] = None
+    return list(found)
+
+
+def bench_section(csv_paths: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+    """Samples/s of normbench vs the plain loop by batch size, one panel per (dataset, model, precision, device)."""
+    frames = [pd.read_csv(p) for p in csv_paths]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return [], []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bench = pd.concat(frames, ignore_index=True)
+    # The newest measurement of each point wins (bench CSVs accumulate over time).
+    keys = ["device", "precision", "dataset", "model", "norm", "batch_size"]
+    bench = bench.sort_values("timestamp").drop_duplicates(keys, keep="last")
+    panels = list(bench.groupby(["dataset", "model", "precision", "device"], sort=True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, ((dataset, model, precision, device), part) in zip(axes[0], panels):
+        for norm, rows in part.groupby("norm"):
+            rows = rows.sort_values("batch_size")
+            line = ax.plot(rows["batch_size"], rows["normbench_samples_per_s"], marker="o", label=f"normbench, {norm}")
+            ax.plot(rows["batch_size"], rows["plain_samples_per_s"], marker="s", linestyle="--",
+                    color=line[0].get_color(), label=f"plain loop, {norm}")
+            for x, y, ratio in zip(rows["batch_size"], rows["normbench_samples_per_s"], rows["ratio"]):
+                ax.annotate(f"{ratio:.2f}x", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(part["batch_size"].unique()), [str(b) for b in sorted(part["batch_size"].unique())])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("training throughput (samples/s)")
+        ax.set_title(f"normbench vs plain PyTorch loop\n{dataset} / {model}, {precision}, {device}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "bench_throughput.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    table = bench[["dataset", "device", "precision", "norm", "batch_size", "normbench_samples_per_s", "plain_samples_per_s", "ratio"]]
+    md = ["## Benchmark: normbench vs the plain PyTorch loop", "",
+          f"From {len(csv_paths)} `normbench bench` CSV(s); medians of alternating repeats (newest run of each point).", "",
+          f"![Throughput]({png.name})", "",
+          "| dataset | device | precision | norm | batch size | normbench samples/s | plain samples/s | ratio |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r.dataset} | {r.device} | {r.precision} | {r.norm} | {r.batch_size} | {r.normbench_samples_per_s:,.0f} | "
+           f"{r.plain_samples_per_s:,.0f} | {r.ratio:.2f}x |" for r in table.itertuples()]
+    return [png], [*md, ""]
