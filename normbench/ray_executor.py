@@ -61,6 +61,8 @@ def plan_ray(base, jobs: int | None, address: str | None, max_retries: int) -> R
         raise ConfigError(f"--ray-retries {max_retries}: must be at least 0")
     if address is not None and not address.strip():
         raise ConfigError("--ray-address is empty; give HOST:PORT of the head node, e.g. 10.0.0.1:6379")
+    if address:
+        _check_reachable(address)  # before the sweep folder is written
     if address is None or base.device == "auto":
         # a local instance runs on this machine, and auto is resolved here: check the device now
         device_type = resolve_device(base.device).type
@@ -104,6 +106,20 @@ def record_lost_worker(task: PointTask, reason: str) -> None:
     meta.update(status="failed", reason=reason, end_time=results.now_iso())
     meta["sweep"] = {**task.sweep_info, "point": task.point_id, **(meta.get("sweep") or {})}
     results.write_json_atomic(path / results.META_FILE, meta)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on; ray.init would retry for minutes."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...": Ray's own forms, checked by Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise NormbenchError(f"cannot reach the Ray head at {address} ({exc.strerror or exc}); start it with "
+                             "`ray start --head --port 6379` or fix --ray-address") from None
 
 
 def connect(ray, address: str | None, num_cpus: int) -> bool:

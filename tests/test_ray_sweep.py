@@ -4,6 +4,7 @@ recorded as failed, and a one-line error without ray installed."""
 import builtins
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,17 @@ def test_bad_executor_options_are_one_line_errors(runner, write_config, tmp_path
         pytest.importorskip("ray", reason="ray is not installed (pip install 'normbench[ray]')")
     result = sweep(runner, write_config(), tmp_path, *GRID, *args)
     assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_an_unreachable_ray_address_is_a_quick_one_line_error(runner, write_config, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'normbench[ray]')")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = sweep(runner, write_config(), tmp_path, *GRID, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}")
+    assert result.exit_code == 1, result.output
+    assert f"cannot reach the Ray head at 127.0.0.1:{port}" in result.output and "ray start --head" in result.output
     assert not (tmp_path / "sweeps").exists()
 
 
