@@ -235,6 +235,15 @@ def sweep(
     data_dir: DataDirOption = None,
     retry_diverged: Annotated[bool, typer.Option("--retry-diverged", help="Rerun points that diverged before.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; train nothing.")] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local: worker processes on this machine; ray: one Ray task per point (pip install 'normbench[ray]').",
+    )] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="HOST:PORT", help="Ray cluster head to submit to (default: start a local Ray instance).",
+    )] = None,
+    ray_retries: Annotated[int, typer.Option(
+        "--ray-retries", help="Reruns of a point whose Ray worker died before it is recorded as failed.",
+    )] = 1,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
     from normbench.grid import build_axes, parse_grid, parse_ints, parse_values
@@ -250,7 +259,8 @@ def sweep(
     )
     _sigterm_as_interrupt()
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
-                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run)
+                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run,
+                     executor=executor, ray_address=ray_address, ray_retries=ray_retries)
     if code:
         raise typer.Exit(code)
 

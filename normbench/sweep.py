@@ -225,15 +225,26 @@ def budget_text(base: Config) -> str:
 def run_sweep(
     base: Config, axes: list[Axis], console, *, lr_scaling: str = "none", jobs: int | None = None,
     name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
-    retry_diverged: bool = False, dry_run: bool = False,
+    retry_diverged: bool = False, dry_run: bool = False, executor: str = "local", ray_address: str | None = None,
+    ray_retries: int = 1,
 ) -> int:
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
     from normbench.grid import expand
     from normbench.sweep_view import SweepProgress, plan_table, summary_table
     from normbench.train import resolve_device
 
-    device = resolve_device(base.device)  # an unavailable device is a sweep-level error
-    jobs, threads = plan_workers(base, jobs, device.type, cpu_cores())
+    if executor == "ray":  # Ray decides how many points run at once, from each point's CPUs and GPUs
+        from normbench.ray_executor import plan_ray
+
+        ray_plan = plan_ray(base, jobs, ray_address, ray_retries)
+        threads = ray_plan.threads
+    elif executor == "local":
+        if ray_address:
+            raise ConfigError("--ray-address needs --executor ray")
+        device = resolve_device(base.device)  # an unavailable device is a sweep-level error
+        jobs, threads = plan_workers(base, jobs, device.type, cpu_cores())
+    else:
+        raise ConfigError(f"--executor {executor}: valid values are local, ray")
     points = expand(base, axes, lr_scaling, threads)
     if all(p.invalid for p in points):
         raise ConfigError(f"every point of the grid is invalid, e.g. {points[0].point_id}: {points[0].invalid}")
@@ -243,7 +254,8 @@ def run_sweep(
     sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
     states = sweep.states(retry_diverged)
     todo = [p for p, runs, _ in states if runs]
-    console.print(plan_table(name, axes, states, budget_text(base), threads, min(jobs, max(len(todo), 1))))
+    workers = ray_plan.label if executor == "ray" else min(jobs, max(len(todo), 1))
+    console.print(plan_table(name, axes, states, budget_text(base), threads, workers))
     if dry_run:
         return EXIT_OK
     sweep.write_spec()
@@ -252,7 +264,10 @@ def run_sweep(
         console.print(f"sweep directory: {sweep.path}", highlight=False, soft_wrap=True)
         runnable = len(points) - sum(1 for p in points if p.invalid)
         with SweepProgress(console, total=runnable, done=runnable - len(todo)) as view:
-            execute(sweep, todo, jobs, view, data_dir)
+            if executor == "ray":
+                ray_plan.execute(sweep, todo, view, data_dir)
+            else:
+                execute(sweep, todo, jobs, view, data_dir)
         rows = sweep.write_index()
     console.print(summary_table(name, axes, rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
