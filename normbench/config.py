@@ -20,6 +20,13 @@ from normbench.norms import IMPLS, NORMS
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
 
+def _one_of(value: str, valid, what: str) -> str:
+    """`value` if it is one of `valid`, else a ValueError listing the valid names."""
+    if value not in valid:
+        raise ValueError(f"unknown {what}; valid {what}s: {', '.join(valid)}")
+    return value
+
+
 class _Strict(BaseModel):
     # Strict: "8" is not an int, unknown keys are errors, a validated config cannot change.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -39,9 +46,7 @@ class DatasetConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset; valid datasets: {', '.join(DATASET_NAMES)}")
-        return value
+        return _one_of(value, DATASET_NAMES, "dataset")
 
     @field_validator("shape")
     @classmethod
@@ -75,16 +80,12 @@ class NormConfig(_Strict):
     @field_validator("type")
     @classmethod
     def _known_norm(cls, value: str) -> str:
-        if value not in NORMS:
-            raise ValueError(f"unknown norm; valid norms: {', '.join(NORMS)}")
-        return value
+        return _one_of(value, NORMS, "norm")
 
     @field_validator("impl")
     @classmethod
     def _known_impl(cls, value: str) -> str:
-        if value not in IMPLS:
-            raise ValueError(f"unknown implementation; valid: {', '.join(IMPLS)}")
-        return value
+        return _one_of(value, IMPLS, "implementation")
 
     def torch_momentum(self) -> float | None:
         """The momentum in PyTorch's convention (keras 0.99 -> 0.01); None stays the cumulative average."""
@@ -170,9 +171,7 @@ class Config(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"unknown model; valid models: {', '.join(MODELS)}")
-        return value
+        return _one_of(value, MODELS, "model")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -98,6 +98,18 @@ class Probe:
         self.log.close()
 
 
+def _save(fig, out_png: Path) -> Path:
+    """Write a figure as PNG (creating its folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
 def _run_label(run_dir: Path) -> str:
     import yaml
 
@@ -139,12 +151,7 @@ def plot_probe(run_dir: Path | list[Path], out_png: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("layer input")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def accuracy_vs_steps(run_dir: Path):
@@ -178,9 +185,4 @@ def plot_accuracy_vs_steps(run_dirs: list[Path], out_png: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
