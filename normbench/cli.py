@@ -106,18 +106,28 @@ def run(
         typer.echo(dump(cfg), nl=False)
         return
     _sigterm_as_interrupt()
-    outcome = train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
-    if outcome.status == "completed":
-        final = outcome.final
-        console.print(
-            f"[green]completed[/] {cfg.name}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
-            f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
-            f"({final['mean_samples_per_s']:,.0f} samples/s)",
-            highlight=False,
-        )
-        console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
-        return
-    fail(f"run {outcome.status}: {outcome.reason}; results so far in {outcome.run_dir}", outcome.exit_code)
+    if cfg.pack > 1:
+        from normbench.packed_train import run_packed
+
+        outcomes = run_packed(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
+    else:
+        outcomes = [train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))]
+    for index, outcome in enumerate(outcomes):
+        if outcome.status == "completed":
+            final = outcome.final
+            seed = f" seed {cfg.seed + index}" if cfg.pack > 1 else ""
+            console.print(
+                f"[green]completed[/] {cfg.name}{seed}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
+                f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
+                f"({final['mean_samples_per_s']:,.0f} samples/s)",
+                highlight=False,
+            )
+            console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
+    bad = [o for o in outcomes if o.status != "completed"]
+    if bad:
+        worst = bad[0]
+        prefix = f"{len(bad)} of {len(outcomes)} packed runs did not complete; first: " if cfg.pack > 1 else ""
+        fail(f"{prefix}run {worst.status}: {worst.reason}; results so far in {worst.run_dir}", worst.exit_code)
 
 
 def _int_list(text: str, option: str) -> list[int]:

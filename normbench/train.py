@@ -252,6 +252,8 @@ def run(
 ) -> RunOutcome:
     """Run one config end to end. Config, device and data problems raise NormbenchError before
     anything is written; once the run directory exists, every ending is recorded in meta.json."""
+    if cfg.pack > 1:  # K run directories, not one: the caller must take K outcomes
+        raise NormbenchError(f"pack={cfg.pack} trains {cfg.pack} seeds; run it with normbench.packed_train.run_packed")
     reporter = reporter or Reporter()
     device = resolve_device(cfg.device)
     check_buildable(cfg)
