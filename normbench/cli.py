@@ -157,6 +157,9 @@ def bench(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per measurement.")] = 200,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating measurements of each path.")] = 3,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory in fresh processes.")] = True,
+    pack: Annotated[
+        Optional[int], typer.Option("--pack", min=2, help="Instead: K seeds packed (pack: K) vs K sequential runs.")
+    ] = None,
     results_dir: ResultsDirOption = Path("results"),
     data_dir: DataDirOption = None,
 ) -> None:
@@ -177,10 +180,21 @@ def bench(
     norm_names = [n.strip() for n in norms.split(",") if n.strip()]
     for size in sizes:  # every point must be a valid config before anything runs
         for norm in norm_names:
-            benchmod.point_config(base, size, norm, steps, None)
+            point = benchmod.point_config(base, size, norm, steps, None)
+            if pack is not None:
+                from normbench import pack_bench
+
+                pack_bench.packed_config(point, pack)
     _sigterm_as_interrupt()
     env = benchmod.environment_line(base)
     console.print(env, highlight=False)
+    if pack is not None:
+        with console.status("measuring") as status:
+            rows = pack_bench.run_pack_bench(base, sizes, norm_names, steps, repeats, pack, data_dir=data_dir,
+                                             progress=lambda text: status.update(f"measuring {text}"))
+        console.print(pack_bench.table(rows))
+        console.print(f"wrote {pack_bench.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
+        return
     with console.status("measuring") as status:
         rows = benchmod.run_bench(base, sizes, norm_names, steps, repeats, data_dir=data_dir, measure_mem=memory,
                                   progress=lambda text: status.update(f"measuring {text}"))

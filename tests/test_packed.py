@@ -183,3 +183,33 @@ def test_a_diverged_seed_is_recorded_and_the_others_are_unharmed(tmp_path, float
     assert_close_rows(rows(outcomes[0].run_dir / "steps.csv"), rows(separate.run_dir / "steps.csv"), ("train_loss",), rel=1e-9)
     assert_close_rows(rows(outcomes[0].run_dir / "epochs.csv"), rows(separate.run_dir / "epochs.csv"),
                       ("train_acc", "test_acc"), rel=1e-9)
+
+
+def test_bench_pack_reports_the_packed_speedup(runner, tmp_path):
+    from normbench.pack_bench import PACK_COLUMNS
+
+    tiny = ["--set", "dataset.name=synthetic", "--set", "dataset.shape=[1,12,12]", "--set", "dataset.num_classes=4",
+            "--set", "dataset.train_samples=256", "--set", "dataset.test_samples=64", "--set", "num_threads=1",
+            "--set", "eval_batch_size=64"]
+    result = runner.invoke(app, ["bench", *tiny, "--pack", "2", "--batch-sizes", "4", "--norms", "batch,layer",
+                                 "--steps", "3", "--repeats", "2", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "packed" in result.output and "speedup" in result.output
+    assert not list(tmp_path.glob("runs"))  # bench runs leave no run directories behind
+    path = next((tmp_path / "bench").glob("pack-*.csv"))
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == PACK_COLUMNS
+        bench_rows = list(reader)
+    assert [(r["norm"], r["pack"]) for r in bench_rows] == [("batch", "2"), ("layer", "2")]
+    for r in bench_rows:
+        assert float(r["sequential_min"]) <= float(r["sequential_samples_per_s"]) <= float(r["sequential_max"])
+        assert float(r["packed_min"]) <= float(r["packed_samples_per_s"]) <= float(r["packed_max"])
+        assert float(r["speedup"]) == pytest.approx(float(r["packed_samples_per_s"]) / float(r["sequential_samples_per_s"]))
+
+
+def test_bench_pack_refuses_a_config_pack_cannot_train(runner, tmp_path):
+    result = runner.invoke(app, ["bench", "--set", "dataset.name=synthetic", "--pack", "2", "--precision", "fp16",
+                                 "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "not supported with precision fp16" in result.output
+    assert not (tmp_path / "bench").exists()
