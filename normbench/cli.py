@@ -118,21 +118,33 @@ def run(
             if outcome.status != "completed":
                 fail(f"rank {rank}: run {outcome.status}: {outcome.reason}", outcome.exit_code)
             return
+        outcomes = [outcome]
     elif nproc and nproc > 1:
-        outcome = distributed.launch_run(cfg, nproc, results_dir, data_dir)
+        if cfg.pack > 1:
+            fail(f"--nproc {nproc} with pack={cfg.pack}: packed seeds run in one process; drop one of them", EXIT_USAGE)
+        outcomes = [distributed.launch_run(cfg, nproc, results_dir, data_dir)]
+    elif cfg.pack > 1:
+        from normbench.packed_train import run_packed
+
+        outcomes = run_packed(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
     else:
-        outcome = train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
-    if outcome.status == "completed":
-        final = outcome.final
-        console.print(
-            f"[green]completed[/] {cfg.name}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
-            f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
-            f"({final['mean_samples_per_s']:,.0f} samples/s)",
-            highlight=False,
-        )
-        console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
-        return
-    fail(f"run {outcome.status}: {outcome.reason}; results so far in {outcome.run_dir}", outcome.exit_code)
+        outcomes = [train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))]
+    for index, outcome in enumerate(outcomes):
+        if outcome.status == "completed":
+            final = outcome.final
+            seed = f" seed {cfg.seed + index}" if cfg.pack > 1 else ""
+            console.print(
+                f"[green]completed[/] {cfg.name}{seed}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
+                f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
+                f"({final['mean_samples_per_s']:,.0f} samples/s)",
+                highlight=False,
+            )
+            console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
+    bad = [o for o in outcomes if o.status != "completed"]
+    if bad:
+        worst = bad[0]
+        prefix = f"{len(bad)} of {len(outcomes)} packed runs did not complete; first: " if cfg.pack > 1 else ""
+        fail(f"{prefix}run {worst.status}: {worst.reason}; results so far in {worst.run_dir}", worst.exit_code)
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -162,6 +174,9 @@ def bench(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per measurement.")] = 200,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating measurements of each path.")] = 3,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory in fresh processes.")] = True,
+    pack: Annotated[
+        Optional[int], typer.Option("--pack", min=2, help="Instead: K seeds packed (pack: K) vs K sequential runs.")
+    ] = None,
     results_dir: ResultsDirOption = Path("results"),
     data_dir: DataDirOption = None,
 ) -> None:
@@ -182,10 +197,21 @@ def bench(
     norm_names = [n.strip() for n in norms.split(",") if n.strip()]
     for size in sizes:  # every point must be a valid config before anything runs
         for norm in norm_names:
-            benchmod.point_config(base, size, norm, steps, None)
+            point = benchmod.point_config(base, size, norm, steps, None)
+            if pack is not None:
+                from normbench import pack_bench
+
+                pack_bench.packed_config(point, pack)
     _sigterm_as_interrupt()
     env = benchmod.environment_line(base)
     console.print(env, highlight=False)
+    if pack is not None:
+        with console.status("measuring") as status:
+            rows = pack_bench.run_pack_bench(base, sizes, norm_names, steps, repeats, pack, data_dir=data_dir,
+                                             progress=lambda text: status.update(f"measuring {text}"))
+        console.print(pack_bench.table(rows))
+        console.print(f"wrote {pack_bench.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
+        return
     with console.status("measuring") as status:
         rows = benchmod.run_bench(base, sizes, norm_names, steps, repeats, data_dir=data_dir, measure_mem=memory,
                                   progress=lambda text: status.update(f"measuring {text}"))

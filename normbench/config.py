@@ -18,6 +18,9 @@ from normbench.models import MODELS, child_names
 from normbench.norms import IMPLS, NORMS
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
+# What `pack: K` can pack exactly (normbench/packed.py converts exactly these layers).
+PACKABLE_MODELS = ("cnn", "mlp", "bn_mlp")
+PACKABLE_NORMS = ("none", "batch", "layer", "group", "instance")
 
 
 def _one_of(value: str, valid, what: str) -> str:
@@ -157,6 +160,7 @@ class Config(_Strict):
     )
     precise_bn: PreciseBNConfig | None = Field(None, description="recompute BN statistics before each evaluation (batch norm only)")
     probe: ProbeConfig | None = Field(None, description="record input percentiles of a layer into probe.csv")
+    pack: int = Field(1, ge=1, description="train seeds seed..seed+pack-1 as one packed model; one run directory each")
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -193,7 +197,26 @@ class Config(_Strict):
             )
         if self.max_samples is not None and self.max_samples < self.batch_size:
             raise ValueError(f"max_samples={self.max_samples} is less than one batch of {self.batch_size}")
+        if self.pack > 1:
+            _check_packable(self)
         return self
+
+
+def _check_packable(cfg: "Config") -> None:
+    """pack > 1 only where packing is exact; anything else is an error, never a silent wrong result."""
+    if cfg.model not in PACKABLE_MODELS:
+        raise ValueError(f"pack={cfg.pack} is not supported with model {cfg.model}; packable models: "
+                         f"{', '.join(PACKABLE_MODELS)} (or set pack: 1)")
+    if cfg.norm.type not in PACKABLE_NORMS or cfg.norm.impl != "torch":
+        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type} (impl {cfg.norm.impl}); "
+                         f"packable norms: {', '.join(PACKABLE_NORMS)} with impl torch (or set pack: 1)")
+    unsupported = [key for key, used in (("probe", cfg.probe), ("precise_bn", cfg.precise_bn), ("norm.sync", cfg.norm.sync))
+                   if used]
+    if unsupported:
+        raise ValueError(f"pack={cfg.pack} is not supported with {', '.join(unsupported)}; remove it or set pack: 1")
+    if cfg.precision == "fp16":
+        raise ValueError(f"pack={cfg.pack} is not supported with precision fp16: one loss scaler would skip "
+                         "every seed's step when one seed overflows; use fp32 or bf16 (or set pack: 1)")
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:

@@ -276,6 +276,8 @@ def run(
     """Run one config end to end. Config, device and data problems raise NormbenchError before
     anything is written; once the run directory exists, every ending is recorded in meta.json.
     With `dist` this is one rank of a data-parallel run; only rank 0 writes the run directory."""
+    if cfg.pack > 1:  # K run directories, not one: the caller must take K outcomes
+        raise NormbenchError(f"pack={cfg.pack} trains {cfg.pack} seeds; run it with normbench.packed_train.run_packed")
     reporter = reporter or Reporter()
     device = dist.device if dist else resolve_device(cfg.device)
     check_buildable(cfg)

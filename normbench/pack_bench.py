@@ -1,0 +1,144 @@
+"""`normbench bench --pack K`: K seeds trained packed against the same K seeds run one after another.
+
+For each (batch size, norm) point, on the same data and the same budget (`steps` steps per seed):
+
+- sequential: K `train.run` runs, seeds seed..seed+K-1 (run directories in a throwaway folder);
+- packed: one `packed_train.run_packed` with pack: K.
+
+samples/s = K * steps * batch / training time (the runs' own `train_s`: evaluation excluded, as in
+the plain-loop bench). One warm-up of each, then `repeats` alternating measurements in this process;
+the table gives medians, min-max and the speedup = packed median / sequential median.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from normbench.bench import WARMUP_STEPS, load_bench_data, null_rich_reporter, point_config
+from normbench.config import Config, to_dict, validate
+from normbench.data import TensorData
+from normbench.errors import NormbenchError
+
+PACK_COLUMNS = (
+    "timestamp", "device", "device_name", "threads", "torch", "precision", "dataset", "model", "norm",
+    "batch_size", "pack", "steps", "repeats",
+    "sequential_samples_per_s", "sequential_min", "sequential_max",
+    "packed_samples_per_s", "packed_min", "packed_max", "speedup",
+)
+
+
+def packed_config(cfg: Config, pack: int) -> Config:
+    """cfg with `pack` seeds; a config pack cannot train exactly is a ConfigError here."""
+    return validate({**to_dict(cfg), "pack": pack, "name": f"{cfg.name}-pack{pack}"}, f"bench point with pack={pack}")
+
+
+def time_sequential(cfg: Config, pack: int, data: TensorData) -> float:
+    """samples/s of `pack` separate runs of cfg, seeds cfg.seed.., one after another (training time only)."""
+    from normbench.train import run
+
+    samples, seconds = 0, 0.0
+    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as folder:
+        for k in range(pack):
+            seed_cfg = validate({**to_dict(cfg), "seed": cfg.seed + k}, "bench seed")
+            outcome = run(seed_cfg, folder, data=data, reporter=null_rich_reporter())
+            if outcome.status != "completed":
+                raise NormbenchError(f"bench run {seed_cfg.name} seed {seed_cfg.seed} {outcome.status}: {outcome.reason}")
+            samples += outcome.final["samples_seen"]
+            seconds += outcome.final["train_s"]
+    return samples / seconds
+
+
+def time_packed(cfg: Config, data: TensorData) -> float:
+    """samples/s of one packed run of cfg's `pack` seeds (all seeds' samples, training time only)."""
+    from normbench.packed_train import run_packed
+
+    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as folder:
+        outcomes = run_packed(cfg, folder, data=data, reporter=null_rich_reporter())
+    bad = [o for o in outcomes if o.status != "completed"]
+    if bad:
+        raise NormbenchError(f"bench packed run {cfg.name} {bad[0].status}: {bad[0].reason}")
+    final = outcomes[0].final
+    return len(outcomes) * final["samples_seen"] / final["train_s"]
+
+
+def run_pack_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int, repeats: int, pack: int,
+                   data_dir=None, progress=None) -> list[dict]:
+    """Measure every (batch size, norm) point packed vs sequential; one PACK_COLUMNS row each."""
+    from normbench.results import environment
+    from normbench.train import resolve_device
+
+    device = resolve_device(base.device)
+    if base.num_threads:
+        torch.set_num_threads(base.num_threads)
+    env = environment(device)
+    data = load_bench_data(base, device, data_dir, paths=("normbench",)).tensors
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for batch_size in batch_sizes:
+        for norm in norms:
+            cfg = point_config(base, batch_size, norm, steps, None)
+            warm = point_config(base, batch_size, norm, min(steps, WARMUP_STEPS), None)
+            if progress:
+                progress(f"batch {batch_size}, {norm}, pack {pack}: warm-up")
+            time_sequential(warm, pack, data)
+            time_packed(packed_config(warm, pack), data)
+            sequential, packed = [], []
+            for r in range(repeats):
+                if progress:
+                    progress(f"batch {batch_size}, {norm}, pack {pack}: repeat {r + 1}/{repeats}")
+                sequential.append(time_sequential(cfg, pack, data))
+                packed.append(time_packed(packed_config(cfg, pack), data))
+            s_med, p_med = statistics.median(sequential), statistics.median(packed)
+            rows.append({
+                "timestamp": stamp, "device": env["device"], "device_name": env["device_name"],
+                "threads": env["threads"], "torch": env["torch"], "precision": cfg.precision,
+                "dataset": cfg.dataset.name, "model": cfg.model, "norm": norm, "batch_size": batch_size,
+                "pack": pack, "steps": steps, "repeats": repeats,
+                "sequential_samples_per_s": s_med, "sequential_min": min(sequential), "sequential_max": max(sequential),
+                "packed_samples_per_s": p_med, "packed_min": min(packed), "packed_max": max(packed),
+                "speedup": p_med / s_med,
+            })
+    return rows
+
+
+def table(rows: list[dict]):
+    """The rich table of pack bench rows: medians, min-max, speedup."""
+    from rich.table import Table
+
+    first = rows[0] if rows else {}
+    out = Table(title=(f"{first.get('pack', '')} seeds packed vs run one after another: {first.get('model', '')}, "
+                       f"{first.get('dataset', '')}, {first.get('steps', '')} steps per seed x "
+                       f"{first.get('repeats', '')} alternating repeats, {first.get('precision', '')}"))
+    for name in ("batch", "norm", "sequential samples/s (min-max)", "packed samples/s (min-max)", "speedup"):
+        out.add_column(name, justify="right")
+    for r in rows:
+        out.add_row(
+            str(r["batch_size"]), r["norm"],
+            f"{r['sequential_samples_per_s']:,.0f} ({r['sequential_min']:,.0f}-{r['sequential_max']:,.0f})",
+            f"{r['packed_samples_per_s']:,.0f} ({r['packed_min']:,.0f}-{r['packed_max']:,.0f})",
+            f"[bold]{r['speedup']:.2f}x[/]",
+        )
+    out.caption = "samples/s = all seeds' training samples / training time (evaluation excluded)"
+    return out
+
+
+def write_csv(rows: list[dict], results_dir: Path) -> Path:
+    """results_dir/bench/pack-<UTC timestamp>.csv with PACK_COLUMNS."""
+    from normbench.results import CsvLog, ensure_writable
+
+    folder = ensure_writable(Path(results_dir) / "bench")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path, k = folder / f"pack-{stamp}.csv", 1
+    while path.exists():
+        k += 1
+        path = folder / f"pack-{stamp}-{k}.csv"
+    log = CsvLog(path, PACK_COLUMNS)
+    for row in rows:
+        log.write(row)
+    log.close()
+    return path
