@@ -267,17 +267,17 @@ def table(rows: list[dict]):
     return out
 
 
-def write_csv(rows: list[dict], results_dir: Path) -> Path:
-    """results_dir/bench/<UTC timestamp>.csv with BENCH_COLUMNS."""
+def write_csv(rows: list[dict], results_dir: Path, columns: tuple[str, ...] = BENCH_COLUMNS, prefix: str = "") -> Path:
+    """results_dir/bench/<prefix><UTC timestamp>.csv with `columns` (BENCH_COLUMNS by default)."""
     from normbench.results import CsvLog, ensure_writable
 
     folder = ensure_writable(Path(results_dir) / "bench")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path, k = folder / f"{stamp}.csv", 1
+    path, k = folder / f"{prefix}{stamp}.csv", 1
     while path.exists():
         k += 1
-        path = folder / f"{stamp}-{k}.csv"
-    log = CsvLog(path, BENCH_COLUMNS)
+        path = folder / f"{prefix}{stamp}-{k}.csv"
+    log = CsvLog(path, columns)
     for row in rows:
         log.write(row)
     log.close()

@@ -129,16 +129,6 @@ def table(rows: list[dict]):
 
 def write_csv(rows: list[dict], results_dir: Path) -> Path:
     """results_dir/bench/pack-<UTC timestamp>.csv with PACK_COLUMNS."""
-    from normbench.results import CsvLog, ensure_writable
+    from normbench import bench
 
-    folder = ensure_writable(Path(results_dir) / "bench")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path, k = folder / f"pack-{stamp}.csv", 1
-    while path.exists():
-        k += 1
-        path = folder / f"pack-{stamp}-{k}.csv"
-    log = CsvLog(path, PACK_COLUMNS)
-    for row in rows:
-        log.write(row)
-    log.close()
-    return path
+    return bench.write_csv(rows, results_dir, PACK_COLUMNS, prefix="pack-")
