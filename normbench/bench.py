@@ -178,18 +178,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux; macOS gives bytes
 
 
-def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int, repeats: int,
-              precision: str | None = None, data_dir=None, measure_mem: bool = True, progress=None) -> list[dict]:
-    """Measure every (batch size, norm) point; one BENCH_COLUMNS row each."""
+def bench_setup(base: Config) -> tuple[torch.device, dict, str]:
+    """The bench's device (threads set as the config asks), its environment facts and a UTC timestamp."""
     from normbench.results import environment
     from normbench.train import resolve_device
 
     device = resolve_device(base.device)
     if base.num_threads:
         torch.set_num_threads(base.num_threads)
-    env = environment(device)
+    return device, environment(device), datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int, repeats: int,
+              precision: str | None = None, data_dir=None, measure_mem: bool = True, progress=None) -> list[dict]:
+    """Measure every (batch size, norm) point; one BENCH_COLUMNS row each."""
+    device, env, stamp = bench_setup(base)
     bench_data = load_bench_data(base, device, data_dir)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = []
     for batch_size in batch_sizes:
         for norm in norms:

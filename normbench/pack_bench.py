@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
-from normbench.bench import WARMUP_STEPS, load_bench_data, null_rich_reporter, point_config
+from normbench.bench import WARMUP_STEPS, bench_setup, load_bench_data, null_rich_reporter, point_config
 from normbench.config import Config, to_dict, validate
 from normbench.data import TensorData
 from normbench.errors import NormbenchError
@@ -69,15 +66,8 @@ def time_packed(cfg: Config, data: TensorData) -> float:
 def run_pack_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int, repeats: int, pack: int,
                    data_dir=None, progress=None) -> list[dict]:
     """Measure every (batch size, norm) point packed vs sequential; one PACK_COLUMNS row each."""
-    from normbench.results import environment
-    from normbench.train import resolve_device
-
-    device = resolve_device(base.device)
-    if base.num_threads:
-        torch.set_num_threads(base.num_threads)
-    env = environment(device)
+    device, env, stamp = bench_setup(base)
     data = load_bench_data(base, device, data_dir, paths=("normbench",)).tensors
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = []
     for batch_size in batch_sizes:
         for norm in norms:

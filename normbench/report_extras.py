@@ -47,10 +47,11 @@ def find_bench_csvs(paths) -> list[Path]:
         candidates = [path] if path.is_file() else sorted(path.rglob("bench/*.csv")) if path.is_dir() else []
         for csv_path in candidates:
             try:
-                header = csv_path.read_text(encoding="utf-8").splitlines()[:1]
+                with open(csv_path, encoding="utf-8") as f:
+                    header = f.readline().rstrip("\r\n")
             except OSError:
                 continue
-            if header and tuple(header[0].split(",")) == BENCH_COLUMNS:
+            if tuple(header.split(",")) == BENCH_COLUMNS:
                 found[csv_path.resolve()] = None
     return list(found)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import pickle
 import struct
@@ -14,6 +15,13 @@ import yaml
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
+TIMING = {"samples_per_s", "epoch_s", "eval_s", "elapsed_s"}  # CSV columns that vary run to run
+
+
+def rows(path: Path) -> list[dict]:
+    """A results CSV as a list of dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def pytest_collection_modifyitems(config, items):

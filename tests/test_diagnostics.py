@@ -3,7 +3,6 @@ and the momentum convention: through the CLI and against direct computations."""
 
 import contextlib
 import copy
-import csv
 
 import numpy as np
 import pytest
@@ -17,12 +16,7 @@ from normbench.norms import make_norm
 from normbench.probe import PROBE_COLUMNS, Probe, plot_accuracy_vs_steps, plot_probe
 from normbench.results import read_meta
 
-from conftest import tiny_config
-
-
-def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from conftest import rows, tiny_config
 
 
 def run_cli(runner, path, results):

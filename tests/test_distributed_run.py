@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from normbench.cli import app
 from normbench.config import validate
 from normbench.results import EPOCH_COLUMNS, STEP_COLUMNS, read_meta
 
-from conftest import REPO, tiny_config
+from conftest import REPO, rows, tiny_config
 
 STEPS, LR = 2, 0.1
 
@@ -90,11 +89,6 @@ def test_ddp_steps_match_one_process():
     assert_states_close(reports[0].value[False], per_shard[0])
     assert_states_close(reports[1].value[False], per_shard[1])
     assert not torch.allclose(reports[0].value[False]["norm1.running_mean"], whole["norm1.running_mean"])
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_cli_nproc_2_writes_a_normal_run_directory(runner, write_config, tmp_path):

@@ -1,7 +1,6 @@
 """`pack: K`: K packed seeds give what K separate runs give, and write K ordinary run directories."""
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +15,7 @@ from normbench.packed_train import run_packed
 from normbench.results import EPOCH_COLUMNS, STEP_COLUMNS, read_meta
 from normbench.train import build_for_config, run as run_config, seed_everything
 
-from conftest import tiny_config
-
-TIMING = {"samples_per_s", "epoch_s", "eval_s", "elapsed_s"}
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
+from conftest import rows, tiny_config
 
 @pytest.fixture
 def float64():

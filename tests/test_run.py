@@ -16,15 +16,7 @@ from normbench.config import validate
 from normbench.results import EPOCH_COLUMNS, STEP_COLUMNS, read_meta
 from normbench.train import run as run_config
 
-from conftest import REPO, tiny_config, write_tiny_cifar, write_tiny_mnist
-
-TIMING = {"samples_per_s", "epoch_s", "eval_s", "elapsed_s"}
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
+from conftest import REPO, TIMING, rows, tiny_config, write_tiny_cifar, write_tiny_mnist
 
 def only_run_dir(results: Path) -> Path:
     dirs = list((results / "runs").iterdir())

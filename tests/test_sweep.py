@@ -1,6 +1,5 @@
 """`normbench sweep`: the grid and its plan, a tiny sweep end to end, resume, failures, --jobs."""
 
-import csv
 import json
 import os
 import signal
@@ -19,15 +18,7 @@ from normbench.grid import build_axes, expand, parse_grid, point_id, scaled_lr
 from normbench.results import read_meta
 from normbench.sweep import exit_code, plan_workers, point_state
 
-from conftest import REPO, tiny_config
-
-TIMING = {"samples_per_s", "epoch_s", "eval_s", "elapsed_s"}
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
+from conftest import REPO, TIMING, rows, tiny_config
 
 def sweep_dir(results: Path) -> Path:
     dirs = list((results / "sweeps").iterdir())
