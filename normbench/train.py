@@ -152,7 +152,7 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
     seed_everything(cfg.seed)
     model = build_for_config(cfg, data.shape, data.num_classes).to(device)
     channels_last = fastpath.channels_last_on(cfg.channels_last, cfg.model, data.shape, device)
-    model = fastpath.prepare_model(model, channels_last)
+    model = fastpath.prepare_model(model, channels_last, reorder=not cfg.probe)  # the probe hooks layers as built
     data = fastpath.prepare_data(data, channels_last)
     net = dist.wrap(model) if dist else model  # distributed: DDP averages gradients over processes
     optimizer = make_optimizer(cfg, model.parameters(), device)
@@ -170,6 +170,7 @@ def train(cfg: Config, data: TensorData, device: torch.device, run_dir: results.
         epochs_planned=epochs,
         dropped_per_epoch=n_train - steps_per_epoch * batch,
         channels_last=channels_last,
+        fast_path_rewrites=fastpath.rewrites(model),
         optimizer_impl=fastpath.optimizer_impl(device),
         norm_momentum_torch=cfg.norm.torch_momentum(),  # the momentum in PyTorch's convention, as used
     )
