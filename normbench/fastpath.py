@@ -20,8 +20,6 @@ parameter, so state_dicts and results are those of the model as built (tests/tes
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import nn
 
@@ -37,36 +35,38 @@ def channels_last_on(setting: str | bool, model_name: str, sample_shape, device:
 
 def prepare_model(model: nn.Module, channels_last: bool, reorder: bool = True) -> nn.Module:
     """The model with 4-D weights in channels_last layout (same values, other strides) and, with
-    `reorder`, the exact rewrites above. Pass reorder=False when hooks must see the layers' inputs
-    as built (the activation probe)."""
+    `reorder`, the exact rewrites above, in every nn.Sequential of the model (the packed model's
+    body included). Pass reorder=False when hooks must see the layers' inputs as built (the
+    activation probe)."""
     if reorder:
-        model = pool_before_relu(model)
+        pool_before_relu(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        if isinstance(model, nn.Sequential):
-            for name, child in model.named_children():
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
                 if type(child) is nn.Flatten and child.start_dim == 1 and child.end_dim == -1:
-                    setattr(model, name, ChannelsLastFlatten())
+                    setattr(parent, name, ChannelsLastFlatten())
     return model
 
 
-def pool_before_relu(model: nn.Module) -> nn.Module:
-    """Swap every `ReLU, MaxPool2d` pair of a Sequential into `MaxPool2d, ReLU` (same names, same
-    math: see the module docstring); other models come back unchanged."""
-    if not isinstance(model, nn.Sequential):
-        return model
-    children = list(model.named_children())
-    i = 0
-    while i + 1 < len(children):
-        (_, first), (_, second) = children[i], children[i + 1]
-        if type(first) is nn.ReLU and type(second) is nn.MaxPool2d and not second.return_indices:
-            children[i], children[i + 1] = children[i + 1], children[i]
-            i += 2
-        else:
-            i += 1
-    reordered = nn.Sequential(OrderedDict(children))
-    reordered.train(model.training)
-    return reordered
+def pool_before_relu(model: nn.Module) -> list[str]:
+    """In place: every `ReLU, MaxPool2d` pair of every nn.Sequential in `model` becomes
+    `MaxPool2d, ReLU` (same names, same math: see the module docstring). Returns the pairs moved."""
+    moved = []
+    for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(sequential._modules.items())
+        i = 0
+        while i + 1 < len(children):
+            (act_name, act), (pool_name, pool) = children[i], children[i + 1]
+            if type(act) is nn.ReLU and type(pool) is nn.MaxPool2d and not pool.return_indices:
+                children[i], children[i + 1] = children[i + 1], children[i]
+                moved.append(f"{pool_name} before {act_name}")
+                i += 2
+            else:
+                i += 1
+        sequential._modules.clear()
+        sequential._modules.update(children)
+    return moved
 
 
 class _FlattenChannelsLastGrad(torch.autograd.Function):
@@ -92,13 +92,16 @@ class ChannelsLastFlatten(nn.Module):
 
 
 def rewrites(model: nn.Module) -> list[str]:
-    """What prepare_model changed in `model`, in words, for meta.json."""
-    names = [name for name, _ in model.named_children()]
+    """What prepare_model changed in `model`, in words, for meta.json (normbench's models never
+    build a max-pool directly followed by ReLU, so such a pair is the rewrite's)."""
     done = []
-    if any(isinstance(m, ChannelsLastFlatten) for m in model.children()):
+    if any(isinstance(m, ChannelsLastFlatten) for m in model.modules()):
         done.append("flatten keeps a channels_last gradient")
-    swapped = [f"{a} before {b}" for a, b in zip(names, names[1:])
-               if type(model.get_submodule(a)) is nn.MaxPool2d and type(model.get_submodule(b)) is nn.ReLU]
+    swapped = []
+    for sequential in (m for m in model.modules() if isinstance(m, nn.Sequential)):
+        pairs = list(sequential.named_children())
+        swapped += [f"{a} before {b}" for (a, first), (b, second) in zip(pairs, pairs[1:])
+                    if type(first) is nn.MaxPool2d and type(second) is nn.ReLU]
     if swapped:
         done.append("max-pool before ReLU (exact): " + ", ".join(swapped))
     return done

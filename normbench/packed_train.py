@@ -100,6 +100,7 @@ def train_packed(cfg: Config, seeds: list[Seed], device: torch.device, reporter:
             norm_layers=norm_layers(models[i]), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
             epochs_planned=epochs, dropped_per_epoch=n_train - steps_per_epoch * batch,
             channels_last=channels_last, optimizer_impl=fastpath.optimizer_impl(device),
+            fast_path_rewrites=fastpath.rewrites(model),
             pack={"size": k, "index": i, "seeds": [x.cfg.seed for x in seeds]},
         )
     del models

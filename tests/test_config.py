@@ -1,7 +1,5 @@
 """Config validation: shipped configs are valid; every kind of bad input is one clear error."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -1,8 +1,5 @@
 """Dataset loading from the real on-disk formats, lookup order, and the missing-data error."""
 
-import gzip
-import os
-
 import pytest
 import torch
 

@@ -49,10 +49,11 @@ def test_rewritten_cnn_gives_the_same_outputs_and_gradients(norm, channels_last)
 def test_pool_moves_before_relu_only_where_they_are_adjacent():
     pre = build_for_config(validate(tiny_config(), "t"), (1, 12, 12), 4)
     post = build_for_config(validate(tiny_config(**{"norm.placement": "post"}), "t"), (1, 12, 12), 4)
-    order = [n for n, _ in fastpath.pool_before_relu(pre).named_children()]
-    assert order[:5] == ["conv1", "norm1", "pool1", "act1", "conv2"]
+    assert fastpath.pool_before_relu(pre) == ["pool1 before act1", "pool2 before act2"]
+    assert [n for n, _ in pre.named_children()][:5] == ["conv1", "norm1", "pool1", "act1", "conv2"]
     # post: conv -> ReLU -> norm -> pool; the norm between them is not monotone (gamma < 0 flips it)
-    assert [n for n, _ in fastpath.pool_before_relu(post).named_children()] == [n for n, _ in post.named_children()]
+    order = [n for n, _ in post.named_children()]
+    assert fastpath.pool_before_relu(post) == [] and [n for n, _ in post.named_children()] == order
 
 
 def test_the_swap_would_be_wrong_for_an_activation_that_is_not_monotone():
@@ -61,7 +62,7 @@ def test_the_swap_would_be_wrong_for_an_activation_that_is_not_monotone():
     assert torch.equal(F.max_pool2d(F.relu(x), 2), F.relu(F.max_pool2d(x, 2)))
     assert not torch.equal(F.max_pool2d(x.abs(), 2), F.max_pool2d(x, 2).abs())
     seq = nn.Sequential(nn.Tanh(), nn.MaxPool2d(2), nn.GELU(), nn.MaxPool2d(2))
-    assert [type(m) for m in fastpath.pool_before_relu(seq)] == [type(m) for m in seq]
+    assert fastpath.pool_before_relu(seq) == [] and [type(m) for m in seq] == [nn.Tanh, nn.MaxPool2d, nn.GELU, nn.MaxPool2d]
 
 
 def test_channels_last_flatten_hands_backward_a_channels_last_gradient():
@@ -83,3 +84,13 @@ def test_the_run_records_its_rewrites_and_the_probe_keeps_the_built_order(tmp_pa
     outcome = run_config(probed, tmp_path / "probe")
     meta = json.loads((outcome.run_dir / "meta.json").read_text())
     assert meta["fast_path_rewrites"] == ["flatten keeps a channels_last gradient"]
+
+
+def test_the_packed_model_gets_the_same_rewrites():
+    from normbench.packed import pack_models
+
+    cfg = validate(tiny_config(), "t")
+    packed = pack_models([build_for_config(cfg, (1, 12, 12), 4) for _ in range(2)])
+    packed = fastpath.prepare_model(packed, channels_last=True)
+    assert fastpath.rewrites(packed) == [
+        "flatten keeps a channels_last gradient", "max-pool before ReLU (exact): pool1 before act1, pool2 before act2"]
