@@ -57,7 +57,11 @@ inline void store(uint16_t* p, int64_t i, float v) {  // round to nearest even, 
 
 // y in the storage dtype, back in float32: the max-pool compares what PyTorch would have stored
 inline float stored(const float*, float v) { return v; }
-inline float stored(const uint16_t*, float v) { uint16_t b; store(&b, 0, v); return load(&b, 0); }
+inline float stored(const uint16_t*, float v) {  // the same rounding as store(), in registers
+  uint32_t u; std::memcpy(&u, &v, 4);
+  u = (v != v) ? 0x7FC00000u : ((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
+  float f; std::memcpy(&f, &u, 4); return f;
+}
 
 // Shapes: x (N, C, H, W) stored channels_last, i.e. (N, H, W, C) in memory; pooled (N, Ho, Wo, C).
 template <typename T>
@@ -118,8 +122,10 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Ho = H / 2, Wo = W / 2;
   auto out = torch::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto idx = torch::empty({N, Ho, Wo, C}, x.options().dtype(torch::kUInt8));
+  auto xmax = torch::empty({N, Ho, Wo, C}, x.options());  // x at each window's argmax, for backward
   const T* xp = (const T*)x.data_ptr();
   T* op = (T*)out.data_ptr();
+  T* xm = (T*)xmax.data_ptr();
   uint8_t* ip = idx.data_ptr<uint8_t>();
   const float* sc = scale.data_ptr<float>();
   const float* sh = shift.data_ptr<float>();
@@ -127,6 +133,7 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
   // references the compiler must assume every store may change them, and would not vectorize.
   at::parallel_for(0, N * Ho, 1, [=](int64_t b, int64_t e) {
     const T* __restrict__ xp_ = xp; T* __restrict__ op_ = op; uint8_t* __restrict__ ip_ = ip;
+    T* __restrict__ xm_ = xm;
     const float* __restrict__ sc_ = sc; const float* __restrict__ sh_ = sh;
     for (int64_t row = b; row < e; row++) {
       const int64_t n = row / Ho, ho = row % Ho;
@@ -135,35 +142,40 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
         const int64_t o = (row * Wo + wo) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; c++) {
-          float m = stored(xp_, load(xp_, p00 + c) * sc_[c] + sh_[c]);
+          float xa = load(xp_, p00 + c);
+          float m = stored(xp_, xa * sc_[c] + sh_[c]);
           uint8_t k = 0;
-          float v = stored(xp_, load(xp_, p01 + c) * sc_[c] + sh_[c]);
+          float xv = load(xp_, p01 + c);
+          float v = stored(xp_, xv * sc_[c] + sh_[c]);
           bool take = v > m || v != v;
-          m = take ? v : m; k = take ? 1 : k;
-          v = stored(xp_, load(xp_, p10 + c) * sc_[c] + sh_[c]);
+          m = take ? v : m; k = take ? 1 : k; xa = take ? xv : xa;
+          xv = load(xp_, p10 + c);
+          v = stored(xp_, xv * sc_[c] + sh_[c]);
           take = v > m || v != v;
-          m = take ? v : m; k = take ? 2 : k;
-          v = stored(xp_, load(xp_, p11 + c) * sc_[c] + sh_[c]);
+          m = take ? v : m; k = take ? 2 : k; xa = take ? xv : xa;
+          xv = load(xp_, p11 + c);
+          v = stored(xp_, xv * sc_[c] + sh_[c]);
           take = v > m || v != v;
-          m = take ? v : m; k = take ? 3 : k;
+          m = take ? v : m; k = take ? 3 : k; xa = take ? xv : xa;
           store(op_, o + c, (m > 0.f || m != m) ? m : 0.f);
+          store(xm_, o + c, xa);  // exact: xa is a value of x in its own dtype
           ip_[o + c] = k;
         }
       }
     }
   });
-  return {out, idx};
+  return {out, idx, xmax};
 }
 
 // dbeta = sum g_y, dgamma = sum g_y * xhat, from the pooled gradient (g_y is zero off the argmax).
 template <typename T>
 std::vector<torch::Tensor> reduce_impl(const torch::Tensor& x, const torch::Tensor& grad, const torch::Tensor& out,
-                                       const torch::Tensor& idx, const torch::Tensor& mean, const torch::Tensor& invstd) {
+                                       const torch::Tensor& xmax, const torch::Tensor& mean, const torch::Tensor& invstd) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Ho = H / 2, Wo = W / 2;
   const T* xp = (const T*)x.data_ptr();
   const T* gp = (const T*)grad.data_ptr();
   const T* op = (const T*)out.data_ptr();
-  const uint8_t* ip = idx.data_ptr<uint8_t>();
+  const T* xm = (const T*)xmax.data_ptr();
   const float* mu = mean.data_ptr<float>();
   const float* is = invstd.data_ptr<float>();
   const int threads = at::get_num_threads();
@@ -173,25 +185,19 @@ std::vector<torch::Tensor> reduce_impl(const torch::Tensor& x, const torch::Tens
   at::parallel_for(0, N * Ho, 1, [=](int64_t b, int64_t e) {
     double* __restrict__ sb = db_all + at::get_thread_num() * C;
     double* __restrict__ sg = dg_all + at::get_thread_num() * C;
-    const T* __restrict__ xp_ = xp; const T* __restrict__ gp_ = gp; const T* __restrict__ op_ = op;
-    const uint8_t* __restrict__ ip_ = ip; const float* __restrict__ mu_ = mu; const float* __restrict__ is_ = is;
+    const T* __restrict__ gp_ = gp; const T* __restrict__ op_ = op;
+    const T* __restrict__ xm_ = xm; const float* __restrict__ mu_ = mu; const float* __restrict__ is_ = is;
     std::vector<float> block_b(C), block_g(C);  // float sums over one row of windows, then added in float64
     float* __restrict__ fb = block_b.data();
     float* __restrict__ fg = block_g.data();
     for (int64_t row = b; row < e; row++) {
-      const int64_t n = row / Ho, ho = row % Ho;
       std::fill(block_b.begin(), block_b.end(), 0.f);
       std::fill(block_g.begin(), block_g.end(), 0.f);
       for (int64_t wo = 0; wo < Wo; wo++) {
         const int64_t o = (row * Wo + wo) * C;
-        const int64_t p00 = ((n * H + 2 * ho) * W + 2 * wo) * C, p01 = p00 + C, p10 = p00 + W * C, p11 = p10 + C;
 #pragma omp simd
         for (int64_t c = 0; c < C; c++) {
-          const int k = ip_[o + c];  // the argmax, as a select of the window's four values (no gather)
-          float xa = load(xp_, p00 + c);
-          xa = k == 1 ? load(xp_, p01 + c) : xa;
-          xa = k == 2 ? load(xp_, p10 + c) : xa;
-          xa = k == 3 ? load(xp_, p11 + c) : xa;
+          const float xa = load(xm_, o + c);  // x at the argmax, kept by the forward: no read of x
           const float g = load(op_, o + c) > 0.f ? load(gp_, o + c) : 0.f;  // ReLU backward: zero where out <= 0
           fb[c] += g;
           fg[c] += g * ((xa - mu_[c]) * is_[c]);
@@ -274,13 +280,44 @@ bool is_bf16(const torch::Tensor& x) { return x.scalar_type() == torch::kBFloat1
 std::vector<torch::Tensor> stats(torch::Tensor x) {
   return is_bf16(x) ? stats_impl<uint16_t>(x) : stats_impl<float>(x);
 }
+// Batch statistics of x, the running-statistics update (when factor > 0) and the per-channel
+// affine of the normalization, in one call: {mean, invstd, scale, shift}, float32 (C,) each.
+std::vector<torch::Tensor> prepare(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor running_mean,
+                                   torch::Tensor running_var, double factor, double eps) {
+  auto ms = is_bf16(x) ? stats_impl<uint16_t>(x) : stats_impl<float>(x);
+  const int64_t C = x.size(1);
+  const double n = (double)(x.numel() / C);
+  auto invstd = torch::empty({C}, torch::kFloat), scale = torch::empty({C}, torch::kFloat), shift = torch::empty({C}, torch::kFloat);
+  const float* mp = ms[0].data_ptr<float>();
+  const float* vp = ms[1].data_ptr<float>();
+  const float* wp = weight.defined() && weight.numel() ? weight.data_ptr<float>() : nullptr;
+  const float* bp = bias.defined() && bias.numel() ? bias.data_ptr<float>() : nullptr;
+  float* ip = invstd.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  float* hp = shift.data_ptr<float>();
+  for (int64_t c = 0; c < C; c++) {
+    ip[c] = (float)(1.0 / std::sqrt((double)vp[c] + eps));
+    sp[c] = (wp ? wp[c] : 1.f) * ip[c];
+    hp[c] = (bp ? bp[c] : 0.f) - mp[c] * sp[c];
+  }
+  if (factor > 0) {  // as nn.BatchNorm2d: the running variance takes the unbiased estimate
+    float* rm = running_mean.data_ptr<float>();
+    float* rv = running_var.data_ptr<float>();
+    for (int64_t c = 0; c < C; c++) {
+      rm[c] = (float)((1 - factor) * rm[c] + factor * mp[c]);
+      rv[c] = (float)((1 - factor) * rv[c] + factor * vp[c] * n / (n - 1));
+    }
+  }
+  return {ms[0], invstd, scale, shift};
+}
+
 std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
   return is_bf16(x) ? forward_impl<uint16_t>(x, scale, shift) : forward_impl<float>(x, scale, shift);
 }
-std::vector<torch::Tensor> reduce(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor idx,
+std::vector<torch::Tensor> reduce(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor xmax,
                                   torch::Tensor mean, torch::Tensor invstd) {
-  return is_bf16(x) ? reduce_impl<uint16_t>(x, grad, out, idx, mean, invstd)
-                    : reduce_impl<float>(x, grad, out, idx, mean, invstd);
+  return is_bf16(x) ? reduce_impl<uint16_t>(x, grad, out, xmax, mean, invstd)
+                    : reduce_impl<float>(x, grad, out, xmax, mean, invstd);
 }
 torch::Tensor input_grad(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor idx, torch::Tensor mean,
                          torch::Tensor invstd, torch::Tensor gamma, torch::Tensor dbeta, torch::Tensor dgamma) {
@@ -296,7 +333,7 @@ def kernel():
     from torch.utils.cpp_extension import load_inline
 
     return load_inline(
-        "normbench_bn_pool_relu", cpp_sources=_SOURCE, functions=["stats", "forward", "reduce", "input_grad"],
+        "normbench_bn_pool_relu", cpp_sources=_SOURCE, functions=["stats", "prepare", "forward", "reduce", "input_grad"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
     )
 
@@ -314,23 +351,23 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class _BatchNormPoolReLU(torch.autograd.Function):
-    """out = ReLU(MaxPool2d(2)(batch_norm(x))) with batch statistics `mean`, `invstd` of x."""
+    """out = ReLU(MaxPool2d(2)(batch_norm(x))) with the batch statistics `mean`, `invstd` of x."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd):  # x: (N, C, H, W) channels_last
-        scale = weight * invstd  # (C,) float32
-        shift = bias - mean * scale
-        out, idx = kernel().forward(x, scale.contiguous(), shift.contiguous())  # (N, C, H/2, W/2), (N, H/2, W/2, C)
-        ctx.save_for_backward(x, weight, mean, invstd, out, idx)
+    def forward(ctx, x, weight, bias, mean, invstd, scale, shift):  # x: (N, C, H, W) channels_last
+        out, idx, xmax = kernel().forward(x, scale, shift)  # (N, C, H/2, W/2); 2x (N, H/2, W/2, C)
+        ctx.save_for_backward(x, weight, mean, invstd, out, idx, xmax)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, mean, invstd, out, idx = ctx.saved_tensors
+        x, weight, mean, invstd, out, idx, xmax = ctx.saved_tensors
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        dbeta, dgamma = kernel().reduce(x, grad, out, idx, mean, invstd)
-        dx = kernel().input_grad(x, grad, out, idx, mean, invstd, weight.float(), dbeta, dgamma) if ctx.needs_input_grad[0] else None
-        return dx, dgamma, dbeta, None, None
+        dbeta, dgamma = kernel().reduce(x, grad, out, xmax, mean, invstd)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = kernel().input_grad(x, grad, out, idx, mean, invstd, weight, dbeta, dgamma)
+        return dx, dgamma, dbeta, None, None, None, None
 
 
 class BatchNormMaxPoolReLU(nn.BatchNorm2d):
@@ -347,25 +384,27 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
 
     def _uses_kernel(self, x: torch.Tensor) -> bool:
         batch_stats = self.training or self.running_mean is None
-        return (batch_stats and x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and x.dim() == 4
+        float32_state = all(t is None or t.dtype == torch.float32 for t in (self.weight, self.bias, self.running_mean, self.running_var))
+        return (batch_stats and float32_state and x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and x.dim() == 4
                 and x.shape[2] >= 2 and x.shape[3] >= 2 and x.shape[0] * x.shape[2] * x.shape[3] > 1
                 and x.is_contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._uses_kernel(x):
             return F.relu(F.max_pool2d(super().forward(x), 2))
-        mean, var = kernel().stats(x)  # (C,) float32 each, biased variance
-        if self.training and self.track_running_stats:  # as nn.BatchNorm2d updates them
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                n = x.numel() / x.shape[1]
-                self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(var.to(self.running_var.dtype) * (n / (n - 1)), alpha=factor)
-        invstd = torch.rsqrt(var + self.eps)
-        weight = self.weight if self.affine else torch.ones_like(mean)
-        bias = self.bias if self.affine else torch.zeros_like(mean)
-        return _BatchNormPoolReLU.apply(x, weight.float(), bias.float(), mean, invstd)
+        factor = 0.0  # the running statistics' update weight, as nn.BatchNorm2d picks it
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        channels = x.shape[1]
+        weight = self.weight if self.affine else torch.ones(channels)
+        bias = self.bias if self.affine else torch.zeros(channels)
+        none = torch.empty(0)
+        with torch.no_grad():
+            mean, invstd, scale, shift = kernel().prepare(
+                x, weight.detach(), bias.detach(), self.running_mean if factor else none,
+                self.running_var if factor else none, factor, self.eps)
+        return _BatchNormPoolReLU.apply(x, weight, bias, mean, invstd, scale, shift)
 
 
 def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
