@@ -12,10 +12,15 @@
   contiguous (N, C, H, W) gradient, and CPU max-pool backward then converts its input, indices and
   output to that layout (slow kernels, ~10% of a bf16 step at batch 64); `ChannelsLastFlatten`
   gives the same (N, C*H*W) values and hands backward a channels_last gradient.
+- batch norm + max-pool + ReLU in one CPU kernel (`normbench.fused_bn_pool`): on CPU, with
+  channels_last, every `BatchNorm2d, MaxPool2d(2), ReLU` run (after the swap above) becomes one
+  module whose forward and backward make about four passes over the map instead of about eleven;
+  about 1.2x the bf16 step at batch 64. Same parameter names; checked against the three modules.
 
 `train.train` calls `prepare_model` after building the model, `prepare_data` once before the
 first step, and `optimizer_options` when it builds the optimizer. The rewrites change no
-parameter, so state_dicts and results are those of the model as built (tests/test_fastpath.py).
+parameter name, so state_dicts are those of the model as built (tests/test_fastpath.py,
+tests/test_fused_bn_pool.py).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ built and says so in meta.json.
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -327,22 +329,30 @@ torch::Tensor input_grad(torch::Tensor x, torch::Tensor grad, torch::Tensor out,
 """
 
 
+NAME = "normbench_bn_pool_relu"
+
+
 @functools.lru_cache(maxsize=1)
 def kernel():
-    """The compiled extension (built on first use, then loaded from torch's extension cache)."""
-    from torch.utils.cpp_extension import load_inline
+    """The compiled extension: built on first use on this machine (about 30 s on 2 cores, with a
+    notice on stderr), then loaded from torch's extension cache (TORCH_EXTENSIONS_DIR)."""
+    from torch.utils.cpp_extension import get_default_build_root, load_inline
 
+    if not list(Path(get_default_build_root()).glob(f"**/{NAME}*.so")):
+        print(f"normbench: building the fused batch-norm/max-pool/ReLU CPU kernel, once per machine "
+              f"(about 30 s; cache: {get_default_build_root()})", file=sys.stderr, flush=True)
     return load_inline(
-        "normbench_bn_pool_relu", cpp_sources=_SOURCE, functions=["stats", "prepare", "forward", "reduce", "input_grad"],
+        NAME, cpp_sources=_SOURCE, functions=["stats", "prepare", "forward", "reduce", "input_grad"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
     )
 
 
+@functools.lru_cache(maxsize=1)
 def kernel_error() -> str | None:
-    """None when the kernel builds and loads here, else the first line of why not."""
+    """None when the kernel builds and loads here, else the first line of why not (asked once per process)."""
     try:
         kernel()
-    except Exception as exc:  # no compiler, no ninja, a build error: the fast path goes without
+    except Exception as exc:  # no compiler, no ninja, a build error: the fast path goes without it
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return None
 
@@ -376,8 +386,11 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
     @classmethod
     def from_batch_norm(cls, bn: nn.BatchNorm2d) -> "BatchNormMaxPoolReLU":
         """A copy of `bn` (hyper-parameters, parameters, buffers, mode) that also pools and applies ReLU."""
+        state = next(iter(bn.state_dict().values()), None)  # a parameter or statistic: its device and dtype
         fused = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                    track_running_stats=bn.track_running_stats, device=bn.weight.device if bn.affine else None)
+                    track_running_stats=bn.track_running_stats,
+                    device=state.device if state is not None else None,
+                    dtype=state.dtype if state is not None and state.is_floating_point() else None)
         fused.load_state_dict(bn.state_dict())
         fused.train(bn.training)
         return fused
@@ -416,3 +429,8 @@ def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
             and pair(pool.kernel_size) == (2, 2) and pair(pool.stride or pool.kernel_size) == (2, 2)
             and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
             and not pool.ceil_mode and not pool.return_indices)
+
+
+if __name__ == "__main__":  # `python -m normbench.fused_bn_pool`: build the kernel now (make does)
+    error = kernel_error()
+    print(f"fused CPU kernel: {'ready' if error is None else 'unavailable: ' + error}")
