@@ -12,10 +12,15 @@
   contiguous (N, C, H, W) gradient, and CPU max-pool backward then converts its input, indices and
   output to that layout (slow kernels, ~10% of a bf16 step at batch 64); `ChannelsLastFlatten`
   gives the same (N, C*H*W) values and hands backward a channels_last gradient.
+- batch norm + max-pool + ReLU in one CPU kernel (`normbench.fused_bn_pool`): on CPU, with
+  channels_last, every `BatchNorm2d, MaxPool2d(2), ReLU` run (after the swap above) becomes one
+  module whose forward and backward make about four passes over the map instead of about eleven;
+  about 1.2x the bf16 step at batch 64. Same parameter names; checked against the three modules.
 
 `train.train` calls `prepare_model` after building the model, `prepare_data` once before the
 first step, and `optimizer_options` when it builds the optimizer. The rewrites change no
-parameter, so state_dicts and results are those of the model as built (tests/test_fastpath.py).
+parameter name, so state_dicts are those of the model as built (tests/test_fastpath.py,
+tests/test_fused_bn_pool.py).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def channels_last_on(setting: str | bool, model_name: str, sample_shape, device:
     return bool(setting)
 
 
-def prepare_model(model: nn.Module, channels_last: bool, reorder: bool = True) -> nn.Module:
+def prepare_model(model: nn.Module, channels_last: bool, reorder: bool = True, fuse: bool = True) -> nn.Module:
     """The model with 4-D weights in channels_last layout (same values, other strides) and, with
     `reorder`, the exact rewrites above, in every nn.Sequential of the model (the packed model's
     body included). Pass reorder=False when hooks must see the layers' inputs as built (the
@@ -46,7 +51,36 @@ def prepare_model(model: nn.Module, channels_last: bool, reorder: bool = True) -
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Flatten and child.start_dim == 1 and child.end_dim == -1:
                     setattr(parent, name, ChannelsLastFlatten())
+    if reorder and channels_last and fuse:
+        fuse_batch_norm_pool_relu(model)
     return model
+
+
+def fuse_batch_norm_pool_relu(model: nn.Module) -> list[str]:
+    """In place, on CPU models: every `BatchNorm2d, MaxPool2d(2), ReLU` run of a Sequential becomes
+    `BatchNormMaxPoolReLU, Identity, Identity` (normbench.fused_bn_pool; same state_dict keys).
+    Returns the runs fused; none when the model is not on the CPU or the kernel cannot be built
+    here (then `fusion_unavailable(model)` says why)."""
+    from normbench import fused_bn_pool
+
+    runs = []
+    for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequential._modules)
+        for a, b, c in zip(names, names[1:], names[2:]):
+            norm, pool, act = sequential._modules[a], sequential._modules[b], sequential._modules[c]
+            if fused_bn_pool.fusable(norm, pool, act) and norm.weight is not None and norm.weight.device.type == "cpu":
+                runs.append((sequential, a, b, c))
+    if not runs:
+        return []
+    error = fused_bn_pool.kernel_error()
+    if error:
+        model._normbench_fusion_unavailable = error
+        return []
+    for sequential, a, b, c in runs:
+        sequential._modules[a] = fused_bn_pool.BatchNormMaxPoolReLU.from_batch_norm(sequential._modules[a])
+        sequential._modules[b] = nn.Identity()
+        sequential._modules[c] = nn.Identity()
+    return [f"{a}+{b}+{c}" for _, a, b, c in runs]
 
 
 def pool_before_relu(model: nn.Module) -> list[str]:
@@ -97,13 +131,22 @@ def rewrites(model: nn.Module) -> list[str]:
     done = []
     if any(isinstance(m, ChannelsLastFlatten) for m in model.modules()):
         done.append("flatten keeps a channels_last gradient")
-    swapped = []
+    from normbench.fused_bn_pool import BatchNormMaxPoolReLU
+
+    swapped, fused = [], []
     for sequential in (m for m in model.modules() if isinstance(m, nn.Sequential)):
         pairs = list(sequential.named_children())
         swapped += [f"{a} before {b}" for (a, first), (b, second) in zip(pairs, pairs[1:])
                     if type(first) is nn.MaxPool2d and type(second) is nn.ReLU]
+        fused += [f"{a}+{b}+{c}" for (a, first), (b, _), (c, _) in zip(pairs, pairs[1:], pairs[2:])
+                  if isinstance(first, BatchNormMaxPoolReLU)]
     if swapped:
         done.append("max-pool before ReLU (exact): " + ", ".join(swapped))
+    if fused:
+        done.append("batch norm + max-pool + ReLU in one CPU kernel: " + ", ".join(fused))
+    unavailable = getattr(model, "_normbench_fusion_unavailable", None)
+    if unavailable:
+        done.append(f"batch norm + max-pool + ReLU not fused: the CPU kernel cannot be built here ({unavailable})")
     return done
 
 

@@ -79,7 +79,8 @@ def test_the_run_records_its_rewrites_and_the_probe_keeps_the_built_order(tmp_pa
     outcome = run_config(validate(tiny_config(), "t"), tmp_path / "fast")
     meta = json.loads((outcome.run_dir / "meta.json").read_text())
     assert meta["fast_path_rewrites"] == [
-        "flatten keeps a channels_last gradient", "max-pool before ReLU (exact): pool1 before act1, pool2 before act2"]
+        "flatten keeps a channels_last gradient",
+        "batch norm + max-pool + ReLU in one CPU kernel: norm1+pool1+act1, norm2+pool2+act2"]
     probed = validate(tiny_config(probe={"layer": "act1", "every": 2}), "t")
     outcome = run_config(probed, tmp_path / "probe")
     meta = json.loads((outcome.run_dir / "meta.json").read_text())
@@ -91,6 +92,8 @@ def test_the_packed_model_gets_the_same_rewrites():
 
     cfg = validate(tiny_config(), "t")
     packed = pack_models([build_for_config(cfg, (1, 12, 12), 4) for _ in range(2)])
-    packed = fastpath.prepare_model(packed, channels_last=True)
+    packed = fastpath.prepare_model(packed, channels_last=True, fuse=False)
     assert fastpath.rewrites(packed) == [
         "flatten keeps a channels_last gradient", "max-pool before ReLU (exact): pool1 before act1, pool2 before act2"]
+    fastpath.fuse_batch_norm_pool_relu(packed)
+    assert fastpath.rewrites(packed)[1] == "batch norm + max-pool + ReLU in one CPU kernel: norm1+pool1+act1, norm2+pool2+act2"
