@@ -252,24 +252,27 @@ torch::Tensor input_grad_impl(const torch::Tensor& x, const torch::Tensor& grad,
     const uint8_t* __restrict__ ip_ = ip; T* __restrict__ dp_ = dp;
     const float* __restrict__ a_ = a_all; const float* __restrict__ b_ = b_all;
     const float* __restrict__ k_ = k_all; const float* __restrict__ mu_ = mu_all;
-    for (int64_t row = begin; row < end; row++) {
+    for (int64_t row = begin; row < end; row++) {  // row: (n, h) of the full map
       const int64_t n = row / H, h = row % H, ho = h / 2;
-      const bool pooled_row = ho < Ho;
-      for (int64_t w = 0; w < W; w++) {
-        const int64_t p = (row * W + w) * C, wo = w / 2;
-        const bool pooled = pooled_row && wo < Wo;
-        const int here = (int)((h & 1) * 2 + (w & 1));
-        const int64_t o = ((n * Ho + ho) * Wo + wo) * C;
-        if (pooled) {
+      const int64_t first_free = (ho < Ho) ? 2 * Wo : 0;  // columns from here on get no gradient from above
+      if (ho < Ho) {
+        const int top = (int)((h & 1) * 2);  // the argmax codes of this row's two positions: top, top + 1
+        for (int64_t wo = 0; wo < Wo; wo++) {  // both positions of a window row share its loads
+          const int64_t p0 = (row * W + 2 * wo) * C, p1 = p0 + C, o = ((n * Ho + ho) * Wo + wo) * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; c++) {
-            const float gy = (ip_[o + c] == here && load(op_, o + c) > 0.f) ? load(gp_, o + c) : 0.f;
-            store(dp_, p + c, a_[c] * gy - b_[c] - (load(xp_, p + c) - mu_[c]) * k_[c]);
+            const int arg = ip_[o + c];
+            const float g = load(op_, o + c) > 0.f ? load(gp_, o + c) : 0.f;  // ReLU backward
+            const float gy0 = arg == top ? g : 0.f, gy1 = arg == top + 1 ? g : 0.f;
+            store(dp_, p0 + c, a_[c] * gy0 - b_[c] - (load(xp_, p0 + c) - mu_[c]) * k_[c]);
+            store(dp_, p1 + c, a_[c] * gy1 - b_[c] - (load(xp_, p1 + c) - mu_[c]) * k_[c]);
           }
-        } else {  // a row or column the pool dropped (odd H or W): no gradient from above
-#pragma omp simd
-          for (int64_t c = 0; c < C; c++) store(dp_, p + c, -b_[c] - (load(xp_, p + c) - mu_[c]) * k_[c]);
         }
+      }
+      for (int64_t w = first_free; w < W; w++) {  // a row or column the pool dropped (odd H or W)
+        const int64_t p = (row * W + w) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) store(dp_, p + c, -b_[c] - (load(xp_, p + c) - mu_[c]) * k_[c]);
       }
     }
   });
