@@ -60,7 +60,7 @@ def fuse_batch_norm_pool_relu(model: nn.Module) -> list[str]:
     """In place, on CPU models: every `BatchNorm2d, MaxPool2d(2), ReLU` run of a Sequential becomes
     `BatchNormMaxPoolReLU, Identity, Identity` (normbench.fused_bn_pool; same state_dict keys).
     Returns the runs fused; none when the model is not on the CPU or the kernel cannot be built
-    here (then `fusion_unavailable(model)` says why)."""
+    here (then `rewrites(model)` says why)."""
     from normbench import fused_bn_pool
 
     runs = []

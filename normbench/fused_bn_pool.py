@@ -171,10 +171,9 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
 
 // dbeta = sum g_y, dgamma = sum g_y * xhat, from the pooled gradient (g_y is zero off the argmax).
 template <typename T>
-std::vector<torch::Tensor> reduce_impl(const torch::Tensor& x, const torch::Tensor& grad, const torch::Tensor& out,
-                                       const torch::Tensor& xmax, const torch::Tensor& mean, const torch::Tensor& invstd) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Ho = H / 2, Wo = W / 2;
-  const T* xp = (const T*)x.data_ptr();
+std::vector<torch::Tensor> reduce_impl(const torch::Tensor& grad, const torch::Tensor& out, const torch::Tensor& xmax,
+                                       const torch::Tensor& mean, const torch::Tensor& invstd) {
+  const int64_t N = out.size(0), C = out.size(1), Ho = out.size(2), Wo = out.size(3);
   const T* gp = (const T*)grad.data_ptr();
   const T* op = (const T*)out.data_ptr();
   const T* xm = (const T*)xmax.data_ptr();
@@ -282,9 +281,6 @@ torch::Tensor input_grad_impl(const torch::Tensor& x, const torch::Tensor& grad,
 bool is_bf16(const torch::Tensor& x) { return x.scalar_type() == torch::kBFloat16; }
 }  // namespace
 
-std::vector<torch::Tensor> stats(torch::Tensor x) {
-  return is_bf16(x) ? stats_impl<uint16_t>(x) : stats_impl<float>(x);
-}
 // Batch statistics of x, the running-statistics update (when factor > 0) and the per-channel
 // affine of the normalization, in one call: {mean, invstd, scale, shift}, float32 (C,) each.
 std::vector<torch::Tensor> prepare(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor running_mean,
@@ -319,10 +315,10 @@ std::vector<torch::Tensor> prepare(torch::Tensor x, torch::Tensor weight, torch:
 std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
   return is_bf16(x) ? forward_impl<uint16_t>(x, scale, shift) : forward_impl<float>(x, scale, shift);
 }
-std::vector<torch::Tensor> reduce(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor xmax,
-                                  torch::Tensor mean, torch::Tensor invstd) {
-  return is_bf16(x) ? reduce_impl<uint16_t>(x, grad, out, xmax, mean, invstd)
-                    : reduce_impl<float>(x, grad, out, xmax, mean, invstd);
+std::vector<torch::Tensor> reduce(torch::Tensor grad, torch::Tensor out, torch::Tensor xmax, torch::Tensor mean,
+                                  torch::Tensor invstd) {
+  return is_bf16(out) ? reduce_impl<uint16_t>(grad, out, xmax, mean, invstd)
+                      : reduce_impl<float>(grad, out, xmax, mean, invstd);
 }
 torch::Tensor input_grad(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor idx, torch::Tensor mean,
                          torch::Tensor invstd, torch::Tensor gamma, torch::Tensor dbeta, torch::Tensor dgamma) {
@@ -345,7 +341,7 @@ def kernel():
         print(f"normbench: building the fused batch-norm/max-pool/ReLU CPU kernel, once per machine "
               f"(about 30 s; cache: {get_default_build_root()})", file=sys.stderr, flush=True)
     return load_inline(
-        NAME, cpp_sources=_SOURCE, functions=["stats", "prepare", "forward", "reduce", "input_grad"],
+        NAME, cpp_sources=_SOURCE, functions=["prepare", "forward", "reduce", "input_grad"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
     )
 
@@ -376,7 +372,7 @@ class _BatchNormPoolReLU(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, mean, invstd, out, idx, xmax = ctx.saved_tensors
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        dbeta, dgamma = kernel().reduce(x, grad, out, xmax, mean, invstd)
+        dbeta, dgamma = kernel().reduce(grad, out, xmax, mean, invstd)
         dx = None
         if ctx.needs_input_grad[0]:
             dx = kernel().input_grad(x, grad, out, idx, mean, invstd, weight, dbeta, dgamma)
