@@ -189,6 +189,32 @@ def bench_setup(base: Config) -> tuple[torch.device, dict, str]:
     return device, environment(device), datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def measure_alternating(first, second, cfg: Config, warm: Config, repeats: int, progress=None,
+                        label: str = "") -> tuple[list[float], list[float]]:
+    """One warm-up of each measurement (`first(warm)`, `second(warm)`), then `repeats` alternating
+    measurements of cfg, so load from other processes hits both alike; their two lists of results."""
+    if progress:
+        progress(f"{label}: warm-up")
+    first(warm)
+    second(warm)
+    results: tuple[list[float], list[float]] = ([], [])
+    for r in range(repeats):
+        if progress:
+            progress(f"{label}: repeat {r + 1}/{repeats}")
+        results[0].append(first(cfg))
+        results[1].append(second(cfg))
+    return results
+
+
+def point_row(stamp: str, env: dict, cfg: Config, norm: str) -> dict:
+    """The columns every bench row starts with: when, where, and which point."""
+    return {
+        "timestamp": stamp, "device": env["device"], "device_name": env["device_name"],
+        "threads": env["threads"], "torch": env["torch"], "precision": cfg.precision,
+        "dataset": cfg.dataset.name, "model": cfg.model, "norm": norm, "batch_size": cfg.batch_size,
+    }
+
+
 def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int, repeats: int,
               precision: str | None = None, data_dir=None, measure_mem: bool = True, progress=None) -> list[dict]:
     """Measure every (batch size, norm) point; one BENCH_COLUMNS row each."""
@@ -199,16 +225,10 @@ def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int
         for norm in norms:
             cfg = point_config(base, batch_size, norm, steps, precision)
             warm = point_config(base, batch_size, norm, min(steps, WARMUP_STEPS), precision)
-            if progress:
-                progress(f"batch {batch_size}, {norm}: warm-up")
-            time_normbench(warm, bench_data.tensors, null_rich_reporter)
-            time_plain(warm, bench_data, device, min(steps, WARMUP_STEPS))
-            ours, plain = [], []
-            for r in range(repeats):
-                if progress:
-                    progress(f"batch {batch_size}, {norm}: repeat {r + 1}/{repeats}")
-                ours.append(time_normbench(cfg, bench_data.tensors, null_rich_reporter))
-                plain.append(time_plain(cfg, bench_data, device, steps))
+            ours, plain = measure_alternating(
+                lambda c: time_normbench(c, bench_data.tensors, null_rich_reporter),
+                lambda c: time_plain(c, bench_data, device, c.max_samples // c.batch_size),  # point_config's steps
+                cfg, warm, repeats, progress, f"batch {batch_size}, {norm}")
             (o_med, o_min, o_max), (p_med, p_min, p_max) = _summary(ours), _summary(plain)
             mem_ours = mem_plain = float("nan")
             kind = "not measured"
@@ -218,10 +238,7 @@ def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int
                 mem_ours, kind = measure_memory("normbench", cfg, bench_data.stats, data_dir)
                 mem_plain, _ = measure_memory("plain", cfg, bench_data.stats, data_dir)
             rows.append({
-                "timestamp": stamp, "device": env["device"], "device_name": env["device_name"],
-                "threads": env["threads"], "torch": env["torch"], "precision": cfg.precision,
-                "dataset": cfg.dataset.name, "model": cfg.model, "norm": norm, "batch_size": batch_size,
-                "steps": steps, "repeats": repeats,
+                **point_row(stamp, env, cfg, norm), "steps": steps, "repeats": repeats,
                 "normbench_samples_per_s": o_med, "normbench_min": o_min, "normbench_max": o_max,
                 "plain_samples_per_s": p_med, "plain_min": p_min, "plain_max": p_max, "ratio": o_med / p_med,
                 "normbench_peak_mib": mem_ours, "plain_peak_mib": mem_plain,

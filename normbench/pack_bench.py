@@ -16,7 +16,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from normbench.bench import WARMUP_STEPS, bench_setup, load_bench_data, null_rich_reporter, point_config
+from normbench.bench import (
+    WARMUP_STEPS, bench_setup, load_bench_data, measure_alternating, null_rich_reporter, point_config, point_row,
+)
 from normbench.config import Config, to_dict, validate
 from normbench.data import TensorData
 from normbench.errors import NormbenchError
@@ -73,22 +75,12 @@ def run_pack_bench(base: Config, batch_sizes: list[int], norms: list[str], steps
         for norm in norms:
             cfg = point_config(base, batch_size, norm, steps, None)
             warm = point_config(base, batch_size, norm, min(steps, WARMUP_STEPS), None)
-            if progress:
-                progress(f"batch {batch_size}, {norm}, pack {pack}: warm-up")
-            time_sequential(warm, pack, data)
-            time_packed(packed_config(warm, pack), data)
-            sequential, packed = [], []
-            for r in range(repeats):
-                if progress:
-                    progress(f"batch {batch_size}, {norm}, pack {pack}: repeat {r + 1}/{repeats}")
-                sequential.append(time_sequential(cfg, pack, data))
-                packed.append(time_packed(packed_config(cfg, pack), data))
+            sequential, packed = measure_alternating(
+                lambda c: time_sequential(c, pack, data), lambda c: time_packed(packed_config(c, pack), data),
+                cfg, warm, repeats, progress, f"batch {batch_size}, {norm}, pack {pack}")
             s_med, p_med = statistics.median(sequential), statistics.median(packed)
             rows.append({
-                "timestamp": stamp, "device": env["device"], "device_name": env["device_name"],
-                "threads": env["threads"], "torch": env["torch"], "precision": cfg.precision,
-                "dataset": cfg.dataset.name, "model": cfg.model, "norm": norm, "batch_size": batch_size,
-                "pack": pack, "steps": steps, "repeats": repeats,
+                **point_row(stamp, env, cfg, norm), "pack": pack, "steps": steps, "repeats": repeats,
                 "sequential_samples_per_s": s_med, "sequential_min": min(sequential), "sequential_max": max(sequential),
                 "packed_samples_per_s": p_med, "packed_min": min(packed), "packed_max": max(packed),
                 "speedup": p_med / s_med,
