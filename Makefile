@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	# Build the fused CPU kernel once now (~30 s), not inside the first run; where it cannot be
 	# built, runs go without it and their meta.json says why.
-	$(BIN)/python -m normbench.fused_bn_pool
+	$(BIN)/python -m normbench.kernels.fused_bn_pool
 	touch $(STAMP)
 
 data:

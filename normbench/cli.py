@@ -98,22 +98,26 @@ def run(
     )] = None,
 ) -> None:
     """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv)."""
-    from normbench import distributed, train
     from normbench.config import dump, load_config
-    from normbench.progress import RichReporter
+    from normbench.runtime import resolve_device
+    from normbench.train import distributed, launch
+    from normbench.train.build import check_buildable
+    from normbench.train.progress import RichReporter
+    from normbench.train.runner import run as run_config
+    from normbench.train.runner import run_packed
 
     cfg = load_config(config, set_ or [])
     if nproc and distributed.from_env():
         raise ConfigError("--nproc starts local processes; under torchrun set the count with --nproc-per-node instead")
     if dry_run:
         distributed.check_world(cfg, nproc or 1)
-        train.resolve_device(cfg.device)
-        train.check_buildable(cfg)
+        resolve_device(cfg.device)
+        check_buildable(cfg)
         typer.echo(dump(cfg), nl=False)
         return
     _sigterm_as_interrupt()
     if distributed.from_env():  # started by torchrun: this process is one rank; rank 0 reports
-        rank, outcome = distributed.run_torchrun(cfg, results_dir, data_dir, RichReporter(console=console))
+        rank, outcome = launch.run_torchrun(cfg, results_dir, data_dir, RichReporter(console=console))
         if rank != 0:
             if outcome.status != "completed":
                 fail(f"rank {rank}: run {outcome.status}: {outcome.reason}", outcome.exit_code)
@@ -122,13 +126,11 @@ def run(
     elif nproc and nproc > 1:
         if cfg.pack > 1:
             fail(f"--nproc {nproc} with pack={cfg.pack}: packed seeds run in one process; drop one of them", EXIT_USAGE)
-        outcomes = [distributed.launch_run(cfg, nproc, results_dir, data_dir)]
+        outcomes = [launch.launch_run(cfg, nproc, results_dir, data_dir)]
     elif cfg.pack > 1:
-        from normbench.packed_train import run_packed
-
         outcomes = run_packed(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
     else:
-        outcomes = [train.run(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))]
+        outcomes = [run_config(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))]
     for index, outcome in enumerate(outcomes):
         if outcome.status == "completed":
             final = outcome.final
@@ -181,7 +183,7 @@ def bench(
     data_dir: DataDirOption = None,
 ) -> None:
     """Time normbench's training path against the plain PyTorch loop on the same work; write results/bench/<time>.csv."""
-    from normbench import bench as benchmod
+    from normbench.bench import harness as benchmod
     from normbench.config import apply_overrides, load_config, validate
 
     overrides = list(set_ or [])
@@ -199,7 +201,7 @@ def bench(
         for norm in norm_names:
             point = benchmod.point_config(base, size, norm, steps, None)
             if pack is not None:
-                from normbench import pack_bench
+                from normbench.bench import pack as pack_bench
 
                 pack_bench.packed_config(point, pack)
     _sigterm_as_interrupt()
@@ -272,9 +274,9 @@ def sweep(
     )] = 1,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
-    from normbench.grid import build_axes, parse_grid, parse_ints, parse_values
+    from normbench.sweep.grid import build_axes, parse_grid, parse_ints, parse_values
     from normbench.norms import NORMS
-    from normbench.sweep import load_base, run_sweep
+    from normbench.sweep.plan import load_base, run_sweep
 
     base = load_base(config, set_ or [])
     axes = build_axes(
@@ -300,7 +302,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: report/ inside the first PATH).")] = None,
 ) -> None:
     """Plot loss curves, test error, throughput and accuracy gap vs batch size; write summary.csv and report.md."""
-    from normbench.report import run_report
+    from normbench.report.build import run_report
 
     run_report(paths or [], out, console)
 

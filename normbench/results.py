@@ -28,7 +28,7 @@ STEP_COLUMNS = ("step", "epoch", "samples_seen", "train_loss", "lr", "samples_pe
 EPOCH_COLUMNS = (
     "epoch", "samples_seen", "train_loss", "train_acc", "test_loss", "test_acc",
     "samples_per_s", "epoch_s", "eval_s", "lr",
-    # batch-norm diagnostics (normbench/diagnostics.py); empty for other norms
+    # batch-norm diagnostics (normbench/norms/diagnostics.py); empty for other norms
     "test_loss_batch_stats", "test_acc_batch_stats", "test_loss_precise_bn", "test_acc_precise_bn",
 )
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
@@ -214,6 +214,49 @@ class RunDir:
         path = self.path / ERROR_FILE
         path.write_text(text, encoding="utf-8")
         return path
+
+
+class NullCsv:
+    """A CSV log that drops every row."""
+
+    def write(self, row: dict) -> None:
+        """Drop the row."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class NullRunDir:
+    """RunDir's interface writing nothing: what the ranks other than 0 of a data-parallel run
+    write to (rank 0 alone writes the run directory)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta: dict = {}
+        self.steps = self.epochs = NullCsv()
+
+    def update_meta(self, **fields) -> None:
+        """Keep the fields in memory only."""
+        self.meta.update(fields)
+
+    def finish(self, status: str, **fields) -> None:
+        """Keep the ending in memory only."""
+        self.meta.update(status=status, **fields)
+
+    def write_error(self, text: str) -> Path:
+        """Write nothing; the path a traceback would have."""
+        return self.path / ERROR_FILE
+
+
+def amend_meta(run_dir: Path, **fields) -> dict:
+    """Merge `fields` into an existing run directory's meta.json (atomically); returns the new meta."""
+    path = Path(run_dir) / META_FILE
+    meta = read_meta(run_dir)
+    if meta is None:
+        raise NormbenchError(f"'{path}' is missing or unreadable")
+    meta.update(fields)
+    write_json_atomic(path, meta)
+    return meta
 
 
 def prepare_run_path(path: Path, replace_incomplete: bool) -> None:

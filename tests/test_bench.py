@@ -12,12 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normbench import bench, fastpath, plain_loop
-from normbench.bench import BENCH_COLUMNS
+from normbench.bench import harness as bench
+from normbench.train import fastpath
+from normbench.bench import plain_loop
+from normbench.bench.harness import BENCH_COLUMNS
 from normbench.cli import app
 from normbench.config import validate
 from normbench.results import STEP_COLUMNS
-from normbench.train import build_for_config, run as run_config
+from normbench.train.build import build_for_config
+from normbench.train.runner import run as run_config
 
 from conftest import tiny_config
 

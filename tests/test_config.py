@@ -5,7 +5,7 @@ import yaml
 
 from normbench.config import Config, apply_overrides, dump, load_config, validate
 from normbench.errors import ConfigError
-from normbench.train import check_buildable
+from normbench.train.build import check_buildable
 
 from conftest import REPO, tiny_config
 

@@ -11,9 +11,9 @@ from torch import nn
 
 from normbench.cli import app
 from normbench.config import validate
-from normbench.diagnostics import DIAGNOSTIC_COLUMNS, batch_norm_modules, evaluate_batch_stats, precise_bn_statistics
+from normbench.norms.diagnostics import DIAGNOSTIC_COLUMNS, batch_norm_modules, evaluate_batch_stats, precise_bn_statistics
 from normbench.norms import make_norm
-from normbench.probe import PROBE_COLUMNS, Probe, plot_accuracy_vs_steps, plot_probe
+from normbench.train.probe import PROBE_COLUMNS, Probe, plot_accuracy_vs_steps, plot_probe
 from normbench.results import read_meta
 
 from conftest import rows, tiny_config

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normbench import distributed, train
+from normbench.train import distributed, lanes, launch
+from normbench.train.build import build_for_config
 from normbench.cli import app
 from normbench.config import validate
 from normbench.results import EPOCH_COLUMNS, STEP_COLUMNS, read_meta
@@ -34,7 +35,7 @@ def global_batches(n_steps=STEPS, batch=8):
 
 def fresh_model(cfg):
     torch.manual_seed(0)
-    return train.build_for_config(cfg, (1, 8, 8), 4).double()
+    return build_for_config(cfg, (1, 8, 8), 4).double()
 
 
 def ddp_steps_worker(ctx):
@@ -123,13 +124,13 @@ def failing_rank_worker(ctx, *args):
     if ctx.rank == 1:
         def broken_evaluate(*a, **k):
             raise RuntimeError("rank one broke")
-        train.evaluate = broken_evaluate
-    return distributed.run_rank(ctx, *args)
+        lanes.evaluate = broken_evaluate
+    return launch.run_rank(ctx, *args)
 
 
 def test_a_failing_rank_fails_the_run_and_is_reported(tmp_path):
     cfg = validate(tiny_config(epochs=1), "t")
-    outcome = distributed.launch_run(cfg, 2, tmp_path, show_progress=False, worker=failing_rank_worker)
+    outcome = launch.launch_run(cfg, 2, tmp_path, show_progress=False, worker=failing_rank_worker)
     assert outcome.status == "failed" and outcome.exit_code == 1
     assert "rank 1: RuntimeError: rank one broke" in outcome.reason and "rank 0:" in outcome.reason
     assert "\n" not in outcome.reason

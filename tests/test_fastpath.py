@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench import fastpath
+from normbench.train import fastpath
 from normbench.config import validate
-from normbench.train import build_for_config, run as run_config
+from normbench.train.build import build_for_config
+from normbench.train.runner import run as run_config
 
 from conftest import tiny_config
 
@@ -88,7 +89,7 @@ def test_the_run_records_its_rewrites_and_the_probe_keeps_the_built_order(tmp_pa
 
 
 def test_the_packed_model_gets_the_same_rewrites():
-    from normbench.packed import pack_models
+    from normbench.models.packed import pack_models
 
     cfg = validate(tiny_config(), "t")
     packed = pack_models([build_for_config(cfg, (1, 12, 12), 4) for _ in range(2)])

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench import fastpath, fused_bn_pool
+from normbench.train import fastpath
+from normbench.kernels import fused_bn_pool
 from normbench.config import validate
-from normbench.fused_bn_pool import BatchNormMaxPoolReLU
-from normbench.train import build_for_config
+from normbench.kernels.fused_bn_pool import BatchNormMaxPoolReLU
+from normbench.train.build import build_for_config
 
 from conftest import tiny_config
 

@@ -8,7 +8,8 @@ from torch import nn
 from normbench.config import validate
 from normbench.models import MODELS, build_model
 from normbench.norms import NORMS, make_norm
-from normbench.train import build_for_config, evaluate
+from normbench.train.build import build_for_config
+from normbench.train.evaluate import evaluate
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 

@@ -10,10 +10,12 @@ from normbench.cli import app
 from normbench.config import validate
 from normbench.data import load_dataset
 from normbench.errors import ConfigError, NormbenchError
-from normbench.packed import pack_inputs, pack_models
-from normbench.packed_train import run_packed
+from normbench.models.packed import pack_inputs, pack_models
+from normbench.train.runner import run_packed
 from normbench.results import EPOCH_COLUMNS, STEP_COLUMNS, read_meta
-from normbench.train import build_for_config, run as run_config, seed_everything
+from normbench.train.build import build_for_config
+from normbench.train.runner import run as run_config
+from normbench.runtime import seed_everything
 
 from conftest import rows, tiny_config
 
@@ -177,7 +179,7 @@ def test_a_diverged_seed_is_recorded_and_the_others_are_unharmed(tmp_path, float
 
 
 def test_bench_pack_reports_the_packed_speedup(runner, tmp_path):
-    from normbench.pack_bench import PACK_COLUMNS
+    from normbench.bench.pack import PACK_COLUMNS
 
     tiny = ["--set", "dataset.name=synthetic", "--set", "dataset.shape=[1,12,12]", "--set", "dataset.num_classes=4",
             "--set", "dataset.train_samples=256", "--set", "dataset.test_samples=64", "--set", "num_threads=1",
@@ -219,7 +221,7 @@ def test_packed_epochs_csv_has_the_full_schema(tmp_path):
     import csv
 
     from normbench.config import validate as check
-    from normbench.packed_train import run_packed
+    from normbench.train.runner import run_packed
     from normbench.results import EPOCH_COLUMNS
 
     outcomes = run_packed(check(tiny_config(pack=2, epochs=1), "t"), tmp_path)

@@ -46,7 +46,7 @@ def pair(name, dims, channels, dtype=torch.float32, **options):
     group_opts = {"groups": 3} if name == "group" else {}
     theirs = make_norm(name, channels, dims=dims, impl="torch", **group_opts, **options).to(dtype)
     ours = make_norm(name, channels, dims=dims, impl="reference", **group_opts, **options).to(dtype)
-    assert type(ours).__module__ == "normbench.reference_norms"
+    assert type(ours).__module__ == "normbench.norms.reference"
     with torch.no_grad():
         for p in theirs.parameters():
             p.uniform_(0.5, 1.5)
@@ -205,7 +205,7 @@ def test_too_few_values_per_channel_is_an_error_in_training(impl):
 
 
 def test_groups_not_dividing_channels_is_an_error_for_both_impls():
-    from normbench.reference_norms import ReferenceGroupNorm
+    from normbench.norms.reference import ReferenceGroupNorm
 
     for impl in ("torch", "reference"):
         with pytest.raises(ConfigError, match="norm.groups=5 does not divide the 12 channels"):

@@ -2,10 +2,10 @@
 
 import csv
 
-from normbench.bench import BENCH_COLUMNS
+from normbench.bench.harness import BENCH_COLUMNS
 from normbench.cli import app
 from normbench.config import validate
-from normbench.train import run as run_config
+from normbench.train.runner import run as run_config
 
 from conftest import tiny_config
 

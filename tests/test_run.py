@@ -14,7 +14,7 @@ from normbench import __version__
 from normbench.cli import app
 from normbench.config import validate
 from normbench.results import EPOCH_COLUMNS, STEP_COLUMNS, read_meta
-from normbench.train import run as run_config
+from normbench.train.runner import run as run_config
 
 from conftest import REPO, TIMING, rows, tiny_config, write_tiny_cifar, write_tiny_mnist
 

@@ -124,7 +124,7 @@ def test_frn_matches_the_float64_definition_and_is_the_same_in_eval(dims, shape)
 
 def test_weight_norm_and_spectral_norm_reparametrize_the_layer_and_leave_activations_alone(write_config):
     from normbench.config import validate
-    from normbench.train import build_for_config
+    from normbench.train.build import build_for_config
 
     from conftest import tiny_config
 

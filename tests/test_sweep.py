@@ -14,9 +14,9 @@ import yaml
 from normbench.cli import app
 from normbench.config import validate
 from normbench.errors import ConfigError
-from normbench.grid import build_axes, expand, parse_grid, point_id, scaled_lr
+from normbench.sweep.grid import build_axes, expand, parse_grid, point_id, scaled_lr
 from normbench.results import read_meta
-from normbench.sweep import exit_code, plan_workers, point_state
+from normbench.sweep.plan import exit_code, plan_workers, point_state
 
 from conftest import REPO, TIMING, rows, tiny_config
 

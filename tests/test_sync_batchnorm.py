@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from normbench import distributed
-from normbench.sync_batchnorm import AllReduceBatchNorm
+from normbench.train import distributed
+from normbench.norms.sync_batchnorm import AllReduceBatchNorm
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)  # float64
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from normbench import report_extras as extras
-from normbench import report_figures as figures
-from normbench.collect import Collected, collect
+from normbench.report import extras
+from normbench.report import figures
+from normbench.report.collect import Collected, collect
 from normbench.errors import NormbenchError
 from normbench.norms import NORMS
 

@@ -82,43 +82,23 @@ class DistContext:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
 
+    def reduce(self, tensor: torch.Tensor, mean: bool = False) -> list:
+        """The tensor's values summed over all processes (averaged with `mean`), as a list."""
+        total = self.sum(tensor.double())
+        return (total / self.world_size if mean else total).tolist()
 
-def global_item(tensor: torch.Tensor, ctx: DistContext | None, mean: bool = False) -> float:
-    """tensor.item() summed over processes (or averaged with `mean`); plain .item() without ctx."""
-    if ctx is None:
-        return tensor.item()
-    total = ctx.sum(tensor.double()).item()
-    return total / ctx.world_size if mean else total
-
-
-def evaluate_sharded(evaluate: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     precision: str, ctx: DistContext) -> tuple[float, float]:
-    """(mean loss, accuracy) of rank 0's model over all of x: each rank evaluates a contiguous
-    shard, then the sums are all-reduced."""
-    ctx.sync_buffers(model)
-    bounds = [len(x) * r // ctx.world_size for r in range(ctx.world_size + 1)]
-    xs, ys = x[bounds[ctx.rank] : bounds[ctx.rank + 1]], y[bounds[ctx.rank] : bounds[ctx.rank + 1]]
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # [loss sum, correct, samples]
-    if len(xs):
-        loss, acc = evaluate(model, xs, ys, batch_size, precision)
-        sums += torch.tensor([loss * len(xs), acc * len(xs), len(xs)], dtype=torch.float64, device=ctx.device)
-    loss_sum, correct, n = ctx.sum(sums).tolist()
-    return loss_sum / n, correct / n
-
-
-class NullRunDir:
-    """What ranks other than 0 write to: nothing (only rank 0 writes the run directory)."""
-
-    class _NullCsv:
-        def write(self, row: dict) -> None:
-            """Drop the row."""
-
-    def __init__(self):
-        self.steps = self.epochs = self._NullCsv()
-        self.meta: dict = {}
-
-    def update_meta(self, **fields) -> None:
-        """Drop the fields."""
+    def evaluate(self, model: nn.Module, evaluate: Callable, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(mean loss, accuracy) of rank 0's model over all of x: rank 0's buffers are broadcast,
+        each rank runs evaluate(x_part, y_part) on a contiguous shard, then the sums are all-reduced."""
+        self.sync_buffers(model)
+        bounds = [len(x) * r // self.world_size for r in range(self.world_size + 1)]
+        xs, ys = x[bounds[self.rank] : bounds[self.rank + 1]], y[bounds[self.rank] : bounds[self.rank + 1]]
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # [loss sum, correct, samples]
+        if len(xs):
+            loss, acc = evaluate(xs, ys)
+            sums += torch.tensor([loss * len(xs), acc * len(xs), len(xs)], dtype=torch.float64, device=self.device)
+        loss_sum, correct, n = self.sum(sums).tolist()
+        return loss_sum / n, correct / n
 
 
 def check_world(cfg, world_size: int) -> None:
@@ -303,7 +283,7 @@ def _start_context():
     if "forkserver" not in methods:
         return torch.multiprocessing.get_context("spawn")
     context = torch.multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "normbench.train"])  # no effect once the server runs
+    context.set_forkserver_preload(["torch", "normbench.train.launch"])  # no effect once the server runs
     return context
 
 
@@ -332,87 +312,3 @@ def describe_failures(reports: list[RankResult]) -> str:
             by_error.setdefault(report.error, []).append(report.rank)
     parts = [f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}: {error}" for error, ranks in by_error.items()]
     return "; ".join(parts)
-
-
-def run_rank(ctx: DistContext, cfg, results_dir: str, data_dir: str | None, run_path: str, show_progress: bool) -> dict:
-    """One rank of `launch_run`: train.run with this rank's context; returns its outcome as a dict."""
-    from normbench import train
-    from normbench.progress import Reporter, RichReporter
-
-    reporter = RichReporter() if show_progress and ctx.is_main else Reporter()
-    outcome = train.run(cfg, results_dir, data_dir=data_dir, run_path=Path(run_path), reporter=reporter, dist=ctx)
-    return {"status": outcome.status, "exit_code": outcome.exit_code, "reason": outcome.reason, "final": outcome.final}
-
-
-def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: Path | str | None = None,
-               show_progress: bool = True, worker: Callable = run_rank):
-    """`normbench run --nproc N`: train `cfg` data-parallel over N local processes -> RunOutcome.
-
-    Config, device and directory problems are found here, before any process starts. `worker`
-    is the per-rank function (tests substitute one that fails on purpose).
-    """
-    from normbench import results, train
-
-    check_world(cfg, nproc)
-    device = train.resolve_device(cfg.device)
-    if device.type not in ("cpu", "cuda"):
-        raise NormbenchError(f"data-parallel runs use gloo on cpu or nccl on cuda, not {device.type}; set device: cpu")
-    if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise NormbenchError(f"--nproc {nproc} needs one GPU per process but torch sees {torch.cuda.device_count()}; "
-                             f"use --nproc {torch.cuda.device_count()} or fewer")
-    train.check_buildable(cfg)
-    results_dir = results.ensure_writable(Path(results_dir))
-    run_path = results.new_run_path(results_dir, cfg.name)
-    data_dir = str(data_dir) if data_dir is not None else None
-    reports = spawn(worker, nproc, (cfg, str(results_dir), data_dir, str(run_path), show_progress), device.type)
-    return _outcome(reports, run_path)
-
-
-def _outcome(reports: list[RankResult], run_path: Path):
-    """One RunOutcome for the whole run; every failing rank's error goes into meta.json and the reason."""
-    from normbench import results, train
-
-    for report in reports:  # a rank whose run() recorded a failure counts as a failing rank
-        if report.ok and report.value["status"] == "failed":
-            report.ok, report.error, report.exit_code = False, report.value["reason"], report.value["exit_code"]
-    main = reports[0].value if reports[0].ok else None
-    if all(r.ok for r in reports):
-        return train.RunOutcome(main["status"], main["exit_code"], run_path, main["reason"], main["final"])
-    reason = describe_failures(reports)
-    meta = results.read_meta(run_path)
-    if meta is None:  # nothing was written: a problem found before training (e.g. missing data)
-        codes = {r.exit_code for r in reports if not r.ok}
-        raise NormbenchError(reason, exit_code=codes.pop() if len(codes) == 1 else EXIT_ERROR)
-    # Rank 0 may have been terminated, or failed only because a peer vanished: record them all.
-    status = "interrupted" if meta["status"] == "interrupted" else "failed"
-    meta.update(status=status, reason=reason, end_time=meta.get("end_time") or results.now_iso(),
-                rank_errors=[{"rank": r.rank, "error": r.error} for r in reports if not r.ok])
-    results.write_json_atomic(run_path / results.META_FILE, meta)
-    details = "".join(f"\n--- rank {r.rank} ---\n{r.details}" for r in reports if r.details)
-    if details:  # beside rank 0's own traceback, if it wrote one
-        with open(run_path / results.ERROR_FILE, "a", encoding="utf-8") as log:
-            log.write(details)
-    code = EXIT_INTERRUPTED if status == "interrupted" else EXIT_ERROR
-    final = {k: v for k, v in meta.items() if k.startswith("final_")}
-    return train.RunOutcome(status, code, run_path, reason, final)
-
-
-def run_torchrun(cfg, results_dir: Path | str, data_dir: Path | str | None, reporter):
-    """This process's rank of a run started by torchrun -> (rank, RunOutcome); only rank 0 reports."""
-    from normbench import train
-    from normbench.progress import Reporter
-
-    rank, world_size, _ = from_env()
-    check_world(cfg, world_size)
-    ctx = init_from_env(train.resolve_device(cfg.device).type)
-    try:
-        if ctx.is_main:
-            return rank, train.run(cfg, results_dir, data_dir=data_dir, reporter=reporter, dist=ctx)
-        try:
-            return rank, train.run(cfg, results_dir, data_dir=data_dir, reporter=Reporter(), dist=ctx)
-        except NormbenchError as exc:
-            raise NormbenchError(f"rank {rank}: {exc.message}", exc.exit_code) from None
-        except Exception as exc:  # one line, like rank 0's reason; torchrun then ends the other ranks
-            raise NormbenchError(f"rank {rank}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    finally:
-        shutdown()

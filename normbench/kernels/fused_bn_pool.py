@@ -430,6 +430,6 @@ def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
             and not pool.ceil_mode and not pool.return_indices)
 
 
-if __name__ == "__main__":  # `python -m normbench.fused_bn_pool`: build the kernel now (make does)
+if __name__ == "__main__":  # `python -m normbench.kernels.fused_bn_pool`: build the kernel now (make does)
     error = kernel_error()
     print(f"fused CPU kernel: {'ready' if error is None else 'unavailable: ' + error}")

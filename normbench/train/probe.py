@@ -34,11 +34,17 @@ def _probed_values(x: torch.Tensor, unit: int | None) -> torch.Tensor:
     return values
 
 
-def check_probe(model: nn.Module, probe_cfg, input_shape) -> None:
-    """Config-time check (on a meta-device model) that probe.unit exists in the probed layer's input."""
-    if probe_cfg is None or probe_cfg.unit is None:
+def check_probe(model: nn.Module, probe_cfg, input_shape, model_name: str) -> None:
+    """Config-time check (on a meta-device model) that probe.layer is a layer of the model and
+    probe.unit exists in its input."""
+    if probe_cfg is None:
         return
-    layer = dict(model.named_children())[probe_cfg.layer]
+    layers = dict(model.named_children())
+    if probe_cfg.layer not in layers:
+        raise ConfigError(f"probe.layer={probe_cfg.layer!r} is not a layer of model {model_name}; valid layers: {', '.join(layers)}")
+    if probe_cfg.unit is None:
+        return
+    layer = layers[probe_cfg.layer]
     seen = {}
 
     def record(module, args) -> None:  # a pre-hook that returns something would replace the input

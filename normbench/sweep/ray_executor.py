@@ -18,7 +18,7 @@ from pathlib import Path
 
 from normbench import results
 from normbench.errors import EXIT_USAGE, ConfigError, NormbenchError
-from normbench.executor import EventReporter, PointResult, PointTask, _record_early_failure, run_point
+from normbench.sweep.executor import EventReporter, PointResult, PointTask, _record_early_failure, run_point
 
 INSTALL_HINT = "ray is not installed; pip install 'normbench[ray]'"
 TASK_NAME = "normbench_point"  # the busy worker's process title is ray::normbench_point
@@ -51,7 +51,7 @@ class RayPlan:
 
 def plan_ray(base, jobs: int | None, address: str | None, max_retries: int) -> RayPlan:
     """Check the options for a Ray sweep (ray installed first) and fix each point's resources."""
-    from normbench.train import resolve_device
+    from normbench.runtime import resolve_device
 
     require_ray()
     if jobs is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from normbench import results
 from normbench.config import Config, to_dict, validate
 from normbench.errors import EXIT_INTERRUPTED, NormbenchError
-from normbench.progress import Reporter
+from normbench.train.progress import Reporter
 
 
 # --- running one point: a plain top-level function any executor (process pool, Ray) can call --
@@ -47,7 +47,7 @@ class PointResult:
 def _load_data(cfg: Config, data_dir: str | None, cache: dict | None):
     """The point's tensors, loaded once per dataset (and synthetic seed) per process."""
     from normbench.data import load_dataset
-    from normbench.train import resolve_device
+    from normbench.runtime import resolve_device
 
     device = resolve_device(cfg.device)
     seed = cfg.seed if cfg.dataset.name == "synthetic" else None  # real datasets do not depend on it
@@ -76,7 +76,7 @@ def _record_early_failure(path: Path, reason: str, text: str) -> None:
 def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dict | None = None) -> PointResult:
     """Train one point into `task.run_path` (clearing an incomplete run there); never raises for a
     failing point (its status and reason come back and are in meta.json), except on Ctrl-C."""
-    from normbench.train import run
+    from normbench.train.runner import run
 
     start = time.perf_counter()
     path = Path(task.run_path)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.reference_norms import ReferenceBatchNorm
-from normbench.schemes import BatchRenorm
+from normbench.norms.reference import ReferenceBatchNorm
+from normbench.norms.schemes import BatchRenorm
 
 DIAGNOSTIC_COLUMNS = ("test_loss_batch_stats", "test_acc_batch_stats", "test_loss_precise_bn", "test_acc_precise_bn")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from normbench.bench import BENCH_COLUMNS
-from normbench.probe import PROBE_FILE, plot_accuracy_vs_steps, plot_probe
+from normbench.bench.harness import BENCH_COLUMNS
+from normbench.train.probe import PROBE_FILE, plot_accuracy_vs_steps, plot_probe
 
 
 def probed_runs(run_dirs) -> list[Path]:

@@ -100,12 +100,6 @@ def build_model(
     return MODELS[name](tuple(input_shape), num_classes, norm_factory, placement)
 
 
-def child_names(name: str) -> list[str]:
-    """The top-level layer names of model `name` (conv1, norm1, act1, ...), for probe validation."""
-    with torch.device("meta"):  # names only: no memory
-        model = MODELS[name]((3, 32, 32), 10, lambda c, d, layer: nn.Identity(), "pre")
-    return [child for child, _ in model.named_children()]
-
 
 def norm_layers(model: nn.Module) -> list[dict]:
     """One dict per norm layer (name, class, channels), for meta.json."""

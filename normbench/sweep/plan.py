@@ -22,8 +22,8 @@ import yaml
 from normbench import results
 from normbench.config import Config, to_dict
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
-from normbench.executor import PointTask, execute
-from normbench.grid import Axis, Point, spec_digest
+from normbench.sweep.executor import PointTask, execute
+from normbench.sweep.grid import Axis, Point, spec_digest
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "test_acc", "samples_per_s", "wall_s")
@@ -229,12 +229,12 @@ def run_sweep(
     ray_retries: int = 1,
 ) -> int:
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
-    from normbench.grid import expand
-    from normbench.sweep_view import SweepProgress, plan_table, summary_table
-    from normbench.train import resolve_device
+    from normbench.sweep.grid import expand
+    from normbench.sweep.view import SweepProgress, plan_table, summary_table
+    from normbench.runtime import resolve_device
 
     if executor == "ray":  # Ray decides how many points run at once, from each point's CPUs and GPUs
-        from normbench.ray_executor import plan_ray
+        from normbench.sweep.ray_executor import plan_ray
 
         ray_plan = plan_ray(base, jobs, ray_address, ray_retries)
         threads = ray_plan.threads

@@ -140,7 +140,7 @@ def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, scaling: st
 
 def _point(base: dict, values: dict, lr_scaling: str, threads: int | None) -> Point:
     """Validate one grid point; any problem (bad value, BN at batch 1, groups) marks it invalid."""
-    from normbench.train import check_buildable
+    from normbench.train.build import check_buildable
 
     overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
     pid = point_id(values)

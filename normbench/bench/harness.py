@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from normbench import plain_loop
+from normbench.bench import plain_loop
 from normbench.config import Config, to_dict, validate
 from normbench.data import TensorData, _normalize, dataset_shape, load_dataset
 from normbench.errors import NormbenchError
@@ -95,7 +95,7 @@ def point_config(base: Config, batch_size: int, norm: str, steps: int, precision
 
 def time_normbench(cfg: Config, data: TensorData, reporter_factory) -> float:
     """samples/s of one `train.run` of cfg (training time only), in a throwaway results folder."""
-    from normbench.train import run
+    from normbench.train.runner import run
 
     with tempfile.TemporaryDirectory(prefix="normbench-bench-") as folder:
         outcome = run(cfg, folder, data=data, reporter=reporter_factory())
@@ -120,7 +120,7 @@ def null_rich_reporter():
     """The progress bar `normbench run` shows, rendered (and refreshed) into /dev/null."""
     from rich.console import Console
 
-    from normbench.progress import RichReporter
+    from normbench.train.progress import RichReporter
 
     return RichReporter(console=Console(file=open(os.devnull, "w"), force_terminal=True, width=120))
 
@@ -135,7 +135,7 @@ def measure_memory(path: str, cfg: Config, stats: dict, data_dir=None) -> tuple[
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-m", "normbench.bench", json.dumps(spec)],
+    out = subprocess.run([sys.executable, "-m", "normbench.bench.harness", json.dumps(spec)],
                          capture_output=True, text=True, env=env)
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -147,8 +147,8 @@ def measure_memory(path: str, cfg: Config, stats: dict, data_dir=None) -> tuple[
 def _memory_worker(spec: dict) -> dict:
     """In a fresh process: load data, train MEMORY_STEPS steps of one path and evaluate on the test
     split (as a run does), report peak memory."""
-    from normbench.progress import Reporter
-    from normbench.train import resolve_device
+    from normbench.train.progress import Reporter
+    from normbench.runtime import resolve_device
 
     cfg = validate(spec["config"], "bench memory run")
     device = resolve_device(cfg.device)
@@ -181,7 +181,7 @@ def peak_rss_mib() -> float:
 def bench_setup(base: Config) -> tuple[torch.device, dict, str]:
     """The bench's device (threads set as the config asks), its environment facts and a UTC timestamp."""
     from normbench.results import environment
-    from normbench.train import resolve_device
+    from normbench.runtime import resolve_device
 
     device = resolve_device(base.device)
     if base.num_threads:
@@ -250,7 +250,7 @@ def run_bench(base: Config, batch_sizes: list[int], norms: list[str], steps: int
 def environment_line(base: Config) -> str:
     """The header every bench prints: what ran where (CPU model, threads, versions, device)."""
     from normbench.results import environment
-    from normbench.train import resolve_device
+    from normbench.runtime import resolve_device
 
     device = resolve_device(base.device)
     if base.num_threads:
@@ -308,7 +308,7 @@ def write_csv(rows: list[dict], results_dir: Path, columns: tuple[str, ...] = BE
 def time_plain_sequential(configs: list[Config], data_dir=None) -> float:
     """Wall seconds to train every config's full budget one after another with the plain loop
     (the example's train + test per epoch): the baseline for a sweep's wall time."""
-    from normbench.train import resolve_device
+    from normbench.runtime import resolve_device
 
     start = time.perf_counter()
     for cfg in configs:

@@ -151,7 +151,8 @@ def train_plain(model, optimizer, loader: DataLoader, device: torch.device, step
 
 def build_plain(cfg: Config, input_shape, num_classes: int, device: torch.device):
     """The same model and optimizer normbench builds for `cfg`, from the same seed, in fp32."""
-    from normbench.train import build_for_config, seed_everything
+    from normbench.train.build import build_for_config
+    from normbench.runtime import seed_everything
 
     seed_everything(cfg.seed)
     model = build_for_config(cfg, input_shape, num_classes).to(device)
@@ -202,7 +203,7 @@ def test_plain(model, loader: DataLoader, device: torch.device) -> tuple[float, 
 
 def run_plain(cfg: Config, device: torch.device, data_dir=None) -> dict:
     """A whole run the example's way: per epoch train() then test(); cfg's budget, no files written."""
-    from normbench.train import plan_steps
+    from normbench.train.build import plan_steps
 
     train_set, test_set, _ = make_datasets(cfg, data_dir=data_dir)
     first = train_set[0][0]  # (C, H, W)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from normbench.reference_norms import ReferenceBatchNorm, _channel_view, _stats_dtype
+from normbench.norms.reference import ReferenceBatchNorm, _channel_view, _stats_dtype
 
 
 class BatchRenorm(ReferenceBatchNorm):

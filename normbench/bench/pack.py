@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from normbench.bench import (
+from normbench.bench.harness import (
     WARMUP_STEPS, bench_setup, load_bench_data, measure_alternating, null_rich_reporter, point_config, point_row,
 )
 from normbench.config import Config, to_dict, validate
@@ -38,7 +38,7 @@ def packed_config(cfg: Config, pack: int) -> Config:
 
 def time_sequential(cfg: Config, pack: int, data: TensorData) -> float:
     """samples/s of `pack` separate runs of cfg, seeds cfg.seed.., one after another (training time only)."""
-    from normbench.train import run
+    from normbench.train.runner import run
 
     samples, seconds = 0, 0.0
     with tempfile.TemporaryDirectory(prefix="normbench-bench-") as folder:
@@ -54,7 +54,7 @@ def time_sequential(cfg: Config, pack: int, data: TensorData) -> float:
 
 def time_packed(cfg: Config, data: TensorData) -> float:
     """samples/s of one packed run of cfg's `pack` seeds (all seeds' samples, training time only)."""
-    from normbench.packed_train import run_packed
+    from normbench.train.runner import run_packed
 
     with tempfile.TemporaryDirectory(prefix="normbench-bench-") as folder:
         outcomes = run_packed(cfg, folder, data=data, reporter=null_rich_reporter())
@@ -111,6 +111,6 @@ def table(rows: list[dict]):
 
 def write_csv(rows: list[dict], results_dir: Path) -> Path:
     """results_dir/bench/pack-<UTC timestamp>.csv with PACK_COLUMNS."""
-    from normbench import bench
+    from normbench.bench import harness as bench
 
     return bench.write_csv(rows, results_dir, PACK_COLUMNS, prefix="pack-")

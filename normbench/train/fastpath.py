@@ -12,7 +12,7 @@
   contiguous (N, C, H, W) gradient, and CPU max-pool backward then converts its input, indices and
   output to that layout (slow kernels, ~10% of a bf16 step at batch 64); `ChannelsLastFlatten`
   gives the same (N, C*H*W) values and hands backward a channels_last gradient.
-- batch norm + max-pool + ReLU in one CPU kernel (`normbench.fused_bn_pool`): on CPU, with
+- batch norm + max-pool + ReLU in one CPU kernel (`normbench.kernels.fused_bn_pool`): on CPU, with
   channels_last, every `BatchNorm2d, MaxPool2d(2), ReLU` run (after the swap above) becomes one
   module whose forward and backward make about four passes over the map instead of about eleven;
   about 1.2x the bf16 step at batch 64. Same parameter names; checked against the three modules.
@@ -58,10 +58,10 @@ def prepare_model(model: nn.Module, channels_last: bool, reorder: bool = True, f
 
 def fuse_batch_norm_pool_relu(model: nn.Module) -> list[str]:
     """In place, on CPU models: every `BatchNorm2d, MaxPool2d(2), ReLU` run of a Sequential becomes
-    `BatchNormMaxPoolReLU, Identity, Identity` (normbench.fused_bn_pool; same state_dict keys).
+    `BatchNormMaxPoolReLU, Identity, Identity` (normbench.kernels.fused_bn_pool; same state_dict keys).
     Returns the runs fused; none when the model is not on the CPU or the kernel cannot be built
     here (then `rewrites(model)` says why)."""
-    from normbench import fused_bn_pool
+    from normbench.kernels import fused_bn_pool
 
     runs = []
     for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
@@ -131,7 +131,7 @@ def rewrites(model: nn.Module) -> list[str]:
     done = []
     if any(isinstance(m, ChannelsLastFlatten) for m in model.modules()):
         done.append("flatten keeps a channels_last gradient")
-    from normbench.fused_bn_pool import BatchNormMaxPoolReLU
+    from normbench.kernels.fused_bn_pool import BatchNormMaxPoolReLU
 
     swapped, fused = [], []
     for sequential in (m for m in model.modules() if isinstance(m, nn.Sequential)):

@@ -11,10 +11,10 @@ from typing import Callable
 
 from torch import nn
 
-from normbench import reference_norms as ref
-from normbench import schemes
+from normbench.norms import reference as ref
+from normbench.norms import schemes
 from normbench.errors import ConfigError
-from normbench.sync_batchnorm import AllReduceBatchNorm
+from normbench.norms.sync_batchnorm import AllReduceBatchNorm
 
 # torch: PyTorch's own modules; reference: normbench's from-scratch modules (reference_norms.py).
 # Schemes PyTorch has no module for (batch_renorm, frn) and the weight reparametrizations
@@ -196,7 +196,7 @@ NORMS: dict[str, NormSpec] = {
         train_eval="train: batch statistics times r plus d (clipped, constant in backprop), updates moving statistics; "
         "eval: moving statistics",
         options="eps, momentum, affine, r_max, d_max, renorm_warmup_steps, renorm_relax_steps",
-        impls="normbench.schemes.BatchRenorm (both)",
+        impls="normbench.norms.schemes.BatchRenorm (both)",
     ),
     "frn": NormSpec(
         "frn",
@@ -206,7 +206,7 @@ NORMS: dict[str, NormSpec] = {
         False,
         _build_frn,
         options="eps, frn_learnable_eps",
-        impls="normbench.schemes.FilterResponseNorm (both)",
+        impls="normbench.norms.schemes.FilterResponseNorm (both)",
     ),
     "weight_norm": NormSpec(
         "weight_norm",

@@ -1,0 +1,1 @@
+"""Compiled kernels for the fast path, built once with torch.utils.cpp_extension."""

@@ -1,0 +1,1 @@
+"""Reports: collect run directories, summarize them, draw the figures, write report.md."""

@@ -1,0 +1,93 @@
+"""Starting a data-parallel run: `normbench run --nproc N` (local processes) or one rank under
+torchrun. Each rank runs `runner.run` with its `DistContext` as the world; the launcher turns the
+ranks' reports into one outcome and records every failing rank's error in meta.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from normbench import results
+from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, NormbenchError
+from normbench.runtime import resolve_device
+from normbench.train.build import check_buildable
+from normbench.train.distributed import (
+    DistContext, RankResult, check_world, describe_failures, from_env, init_from_env, shutdown, spawn,
+)
+from normbench.train.progress import Reporter, RichReporter
+from normbench.train.runner import RunOutcome, run
+
+
+def run_rank(ctx: DistContext, cfg, results_dir: str, data_dir: str | None, run_path: str, show_progress: bool) -> dict:
+    """One rank of `launch_run`: `run` with this rank's context; returns its outcome as a dict."""
+    reporter = RichReporter() if show_progress and ctx.is_main else Reporter()
+    outcome = run(cfg, results_dir, data_dir=data_dir, run_path=Path(run_path), reporter=reporter, world=ctx)
+    return {"status": outcome.status, "exit_code": outcome.exit_code, "reason": outcome.reason, "final": outcome.final}
+
+
+def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: Path | str | None = None,
+               show_progress: bool = True, worker: Callable = run_rank) -> RunOutcome:
+    """`normbench run --nproc N`: train `cfg` data-parallel over N local processes -> RunOutcome.
+
+    Config, device and directory problems are found here, before any process starts. `worker`
+    is the per-rank function (tests substitute one that fails on purpose).
+    """
+    check_world(cfg, nproc)
+    device = resolve_device(cfg.device)
+    if device.type not in ("cpu", "cuda"):
+        raise NormbenchError(f"data-parallel runs use gloo on cpu or nccl on cuda, not {device.type}; set device: cpu")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise NormbenchError(f"--nproc {nproc} needs one GPU per process but torch sees {torch.cuda.device_count()}; "
+                             f"use --nproc {torch.cuda.device_count()} or fewer")
+    check_buildable(cfg)
+    results_dir = results.ensure_writable(Path(results_dir))
+    run_path = results.new_run_path(results_dir, cfg.name)
+    data_dir = str(data_dir) if data_dir is not None else None
+    reports = spawn(worker, nproc, (cfg, str(results_dir), data_dir, str(run_path), show_progress), device.type)
+    return _outcome(reports, run_path)
+
+
+def _outcome(reports: list[RankResult], run_path: Path) -> RunOutcome:
+    """One RunOutcome for the whole run; every failing rank's error goes into meta.json and the reason."""
+    for report in reports:  # a rank whose run() recorded a failure counts as a failing rank
+        if report.ok and report.value["status"] == "failed":
+            report.ok, report.error, report.exit_code = False, report.value["reason"], report.value["exit_code"]
+    main = reports[0].value if reports[0].ok else None
+    if all(r.ok for r in reports):
+        return RunOutcome(main["status"], main["exit_code"], run_path, main["reason"], main["final"])
+    reason = describe_failures(reports)
+    meta = results.read_meta(run_path)
+    if meta is None:  # nothing was written: a problem found before training (e.g. missing data)
+        codes = {r.exit_code for r in reports if not r.ok}
+        raise NormbenchError(reason, exit_code=codes.pop() if len(codes) == 1 else EXIT_ERROR)
+    # Rank 0 may have been terminated, or failed only because a peer vanished: record them all.
+    status = "interrupted" if meta["status"] == "interrupted" else "failed"
+    meta = results.amend_meta(run_path, status=status, reason=reason, end_time=meta.get("end_time") or results.now_iso(),
+                              rank_errors=[{"rank": r.rank, "error": r.error} for r in reports if not r.ok])
+    details = "".join(f"\n--- rank {r.rank} ---\n{r.details}" for r in reports if r.details)
+    if details:  # beside rank 0's own traceback, if it wrote one
+        with open(run_path / results.ERROR_FILE, "a", encoding="utf-8") as log:
+            log.write(details)
+    code = EXIT_INTERRUPTED if status == "interrupted" else EXIT_ERROR
+    final = {k: v for k, v in meta.items() if k.startswith("final_")}
+    return RunOutcome(status, code, run_path, reason, final)
+
+
+def run_torchrun(cfg, results_dir: Path | str, data_dir: Path | str | None, reporter):
+    """This process's rank of a run started by torchrun -> (rank, RunOutcome); only rank 0 reports."""
+    rank, world_size, _ = from_env()
+    check_world(cfg, world_size)
+    ctx = init_from_env(resolve_device(cfg.device).type)
+    try:
+        if ctx.is_main:
+            return rank, run(cfg, results_dir, data_dir=data_dir, reporter=reporter, world=ctx)
+        try:
+            return rank, run(cfg, results_dir, data_dir=data_dir, reporter=Reporter(), world=ctx)
+        except NormbenchError as exc:
+            raise NormbenchError(f"rank {rank}: {exc.message}", exc.exit_code) from None
+        except Exception as exc:  # one line, like rank 0's reason; torchrun then ends the other ranks
+            raise NormbenchError(f"rank {rank}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    finally:
+        shutdown()

@@ -1,0 +1,166 @@
+"""Running a config end to end: checks, data, run directories, the loop, and how each run ended.
+
+`run` trains one seed (a plain run, or one rank of a data-parallel run); `run_packed` trains the
+config's `pack` seeds as one packed model. Both build lanes and hand them to the one loop
+(`normbench.train.loop`). Config, device and data problems raise NormbenchError before anything
+is written; once a run directory exists, every ending is recorded in its meta.json.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from normbench import results
+from normbench.config import Config, dump, to_dict, validate
+from normbench.data import TensorData, load_dataset
+from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
+from normbench.runtime import resolve_device
+from normbench.train.build import check_buildable
+from normbench.train.lanes import Lane, PackedSeeds, SingleModel
+from normbench.train.loop import Loop
+from normbench.train.progress import Reporter
+from normbench.train.world import LocalWorld
+
+INTERRUPTED = "interrupted by the user (Ctrl-C or SIGTERM)"
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: status, exit code, its directory and final metrics."""
+
+    status: str
+    exit_code: int
+    run_dir: Path
+    reason: str = ""
+    final: dict = field(default_factory=dict)
+
+
+def _prepare(cfg: Config, results_dir: Path | str, world) -> Path:
+    """Checks that need no data, then the writable results folder and the thread count."""
+    check_buildable(cfg)
+    results_dir = results.ensure_writable(Path(results_dir))
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return results_dir
+
+
+def _open_run_dir(cfg: Config, data: TensorData, path: Path, world, replace_incomplete: bool = False):
+    """The lane's run directory: rank 0 creates it; other ranks of a data-parallel run write nothing."""
+    if not world.is_main:
+        return results.NullRunDir(path)
+    meta = {"name": cfg.name, "environment": results.environment(world.device), "data": data.info,
+            **world.meta(cfg.batch_size)}
+    return results.RunDir(path, dump(cfg), meta, replace_incomplete=replace_incomplete)
+
+
+def run(
+    cfg: Config,
+    results_dir: Path | str = "results",
+    data_dir: Path | str | None = None,
+    run_path: Path | None = None,
+    replace_incomplete: bool = False,
+    reporter: Reporter | None = None,
+    data: TensorData | None = None,
+    world=None,
+) -> RunOutcome:
+    """Run one config end to end. With `world` (a `distributed.DistContext`) this is one rank of a
+    data-parallel run; only rank 0 writes the run directory."""
+    if cfg.pack > 1:  # K run directories, not one: the caller must take K outcomes
+        raise NormbenchError(f"pack={cfg.pack} trains {cfg.pack} seeds; run it with normbench.train.runner.run_packed")
+    world = world or LocalWorld(resolve_device(cfg.device))
+    results_dir = _prepare(cfg, results_dir, world)
+    if data is None:
+        data = load_dataset(cfg.dataset, seed=cfg.seed, device=world.device, data_dir=data_dir)
+    path = run_path or results.new_run_path(results_dir, cfg.name)
+    try:
+        lane = Lane(cfg, data, _open_run_dir(cfg, data, path, world, replace_incomplete))
+    except OSError as exc:
+        raise NormbenchError(f"cannot create run directory '{path}': {exc.strerror or exc}; pass --results-dir DIR") from None
+    return _train([lane], lambda: SingleModel(lane, world.device, world), reporter, reraise=not world.is_main)[0]
+
+
+def seed_configs(cfg: Config) -> list[Config]:
+    """The K configs a pack stands for: seeds seed..seed+K-1, each with pack: 1."""
+    base = to_dict(cfg)
+    return [validate({**base, "seed": cfg.seed + k, "pack": 1}, f"packed seed {cfg.seed + k}") for k in range(cfg.pack)]
+
+
+def _packed_data(cfg: Config, configs: list[Config], data, device, data_dir) -> list[TensorData]:
+    """One data set per seed: given, shared, or (synthetic data depends on the seed) one each."""
+    if isinstance(data, list):
+        if len(data) != len(configs):
+            raise NormbenchError(f"run_packed: {len(data)} data sets for pack={cfg.pack}")
+        return data
+    if data is not None:
+        return [data] * len(configs)
+    if cfg.dataset.name == "synthetic":
+        return [load_dataset(c.dataset, seed=c.seed, device=device, data_dir=data_dir) for c in configs]
+    return [load_dataset(cfg.dataset, seed=cfg.seed, device=device, data_dir=data_dir)] * len(configs)
+
+
+def run_packed(
+    cfg: Config,
+    results_dir: Path | str = "results",
+    data_dir: Path | str | None = None,
+    reporter: Reporter | None = None,
+    data: TensorData | list[TensorData] | None = None,
+) -> list[RunOutcome]:
+    """Run the config's `pack` seeds as one packed model; one RunOutcome (and run directory) per seed."""
+    if cfg.pack < 2:
+        raise NormbenchError(f"run_packed needs pack >= 2, got pack={cfg.pack}; use run for one seed")
+    world = LocalWorld(resolve_device(cfg.device))
+    results_dir = _prepare(cfg, results_dir, world)
+    configs = seed_configs(cfg)
+    datas = _packed_data(cfg, configs, data, world.device, data_dir)
+    lanes: list[Lane] = []
+    try:
+        for c, d in zip(configs, datas):
+            path = results.new_run_path(results_dir, f"{c.name}-seed{c.seed}")
+            lanes.append(Lane(c, d, _open_run_dir(c, d, path, world)))
+    except (OSError, NormbenchError) as exc:
+        for lane in lanes:
+            lane.run_dir.finish("failed", reason=f"another packed seed's run directory could not be created: {exc}")
+        raise NormbenchError(f"cannot create the packed run directories in '{results_dir}': {exc}") from None
+    return _train(lanes, lambda: PackedSeeds(lanes, world.device), reporter)
+
+
+def _train(lanes: list[Lane], make_trainer, reporter: Reporter | None, reraise: bool = False) -> list[RunOutcome]:
+    """Build the trainer and run the loop; every lane's ending is recorded, one outcome per lane.
+    With `reraise` (a data-parallel rank other than 0) an exception goes to the caller instead."""
+    reporter = reporter or Reporter()
+    ending = ("completed", EXIT_OK, "", "")
+    try:
+        Loop(make_trainer(), reporter).run()
+    except KeyboardInterrupt:
+        if reraise:
+            raise
+        ending = ("interrupted", EXIT_INTERRUPTED, INTERRUPTED, "")
+    except Exception as exc:  # recorded in every running lane's directory, not lost
+        if reraise:
+            raise
+        ending = ("failed", EXIT_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
+    finally:
+        reporter.finish()
+    return [_record(lane, *ending) for lane in lanes]
+
+
+def _record(lane: Lane, status: str, code: int, reason: str, trace: str) -> RunOutcome:
+    """Close the lane's run directory with its ending and say how it ended."""
+    run_dir = lane.run_dir
+    if lane.status == "diverged":
+        return RunOutcome("diverged", EXIT_DIVERGED, run_dir.path, lane.reason, _final(run_dir))
+    if status == "failed":
+        log = run_dir.write_error(trace)
+        run_dir.finish("failed", reason=reason, error_log=log.name)
+        reason = f"{reason} (traceback in {log})"
+    else:
+        run_dir.finish(status, **({"reason": reason} if reason else {}))
+    return RunOutcome(status, code, run_dir.path, reason, lane.final if status == "completed" else _final(run_dir))
+
+
+def _final(run_dir) -> dict:
+    return {k: v for k, v in run_dir.meta.items() if k.startswith("final_")}

@@ -1,0 +1,71 @@
+"""The training step: forward, per-lane loss, backward, optimizer and schedule for one batch.
+
+A step is one callable with no host synchronization inside: the per-lane loss and
+correct-count sums it keeps (`loss_sum`, `correct`, shape (K,)) stay on the device, and the loop
+reads them only at logged steps. K is the number of lanes: 1 for a plain run or a data-parallel
+rank, K for K packed seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normbench.models.packed import per_seed_loss
+from normbench.runtime import autocast
+
+
+def single_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, classes) against targets (B,), as a (1,) lane vector."""
+    return F.cross_entropy(logits, targets).reshape(1)
+
+
+def packed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each seed's mean cross-entropy of packed logits (B, K, classes) against targets (B, K): (K,)."""
+    return per_seed_loss(logits, targets)
+
+
+def lane_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Correct predictions per lane: logits (B, [K,] classes), targets (B, [K]) -> (K,)."""
+    return (logits.argmax(-1) == targets).sum(0).reshape(-1)
+
+
+class TrainStep:
+    """forward -> loss per lane -> backward of their sum -> optimizer (and scaler, schedule).
+
+    The gradient of the lanes' summed loss with respect to lane k's parameters is lane k's own
+    gradient (packed blocks never interact), so K packed seeds train as K separate runs.
+    """
+
+    def __init__(self, net: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler,
+                 scaler: torch.amp.GradScaler, precision: str, lanes: int, device: torch.device):
+        self.net, self.loss_fn, self.optimizer = net, loss_fn, optimizer
+        self.scheduler, self.scaler, self.precision, self.device = scheduler, scaler, precision, device
+        self.loss_sum = torch.zeros(lanes, device=device)  # (K,) summed over the epoch's steps
+        self.correct = torch.zeros(lanes, device=device, dtype=torch.long)  # (K,)
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        with autocast(self.device, self.precision):
+            logits = self.net(xb)  # (B, classes) or packed (B, K, classes)
+            losses = self.loss_fn(logits, yb)  # (K,)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.sum()).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.loss_sum += losses.detach()
+        self.correct += lane_correct(logits, yb)
+
+    def reset(self) -> None:
+        """Zero the per-lane sums (at the start of an epoch)."""
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use."""
+        return self.optimizer.param_groups[0]["lr"]
