@@ -104,14 +104,14 @@ def cache_dir() -> Path:
 # MNIST-format datasets (MNIST, Fashion-MNIST): four idx files, plain or gzipped.
 
 
-def _idx_dir(folder: Path) -> Path | None:
+def idx_dir(folder: Path) -> Path | None:
     """`folder` if it holds all four idx files (each plain or .gz), else None."""
     if all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in IDX_FILES):
         return folder
     return None
 
 
-def _stage_idx(source: Path, class_name: str) -> Path:
+def stage_idx(source: Path, class_name: str) -> Path:
     """A torchvision root whose <class_name>/raw/ holds the plain idx files of `source`."""
     if source.name == "raw" and source.parent.name == class_name and all((source / f).is_file() for f in IDX_FILES):
         return source.parent.parent  # already torchvision's own layout
@@ -142,8 +142,8 @@ def _load_idx(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, d
     if info.name == "fashion-mnist":
         candidates.append(DEBIAN_FASHION_MNIST)
     for folder in candidates:
-        if _idx_dir(folder):
-            root = _stage_idx(folder, class_name)
+        if idx_dir(folder):
+            root = stage_idx(folder, class_name)
             splits = [info.torchvision_class(str(root), train=train, download=False) for train in (True, False)]
             xs = [s.data.unsqueeze(1) for s in splits]  # (N, 1, 28, 28) uint8
             ys = [s.targets.long() for s in splits]
@@ -254,7 +254,7 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (squares / (n - 1)).sqrt()
 
 
-def _normalize(train_u8: torch.Tensor, test_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def normalize_u8(train_u8: torch.Tensor, test_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Scale to [0, 1], then standardize each channel with the training split's mean and std (in place:
     one float32 copy of each split at the peak)."""
     train = train_u8.float().div_(255.0)
@@ -282,7 +282,7 @@ def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu",
         if tuple(train_x.shape[1:]) != info.shape:
             raise NormbenchError(f"dataset {info.name}: expected samples of shape {info.shape}, "
                                  f"found {tuple(train_x.shape[1:])} in {extra['source']}")
-        train_x, test_x, stats = _normalize(train_x, test_x)
+        train_x, test_x, stats = normalize_u8(train_x, test_x)
         extra.update(normalization=stats)
         data = TensorData(train_x, train_y, test_x, test_y, info.num_classes, extra)
     data.info.update(train_samples=len(data.train_y), test_samples=len(data.test_y), name=dataset_cfg.name)

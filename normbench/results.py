@@ -77,7 +77,8 @@ def read_meta(run_dir: Path) -> dict | None:
         return None
 
 
-def _format(value) -> str:
+def format_value(value) -> str:
+    """A CSV cell: floats in full precision (nan, inf as words), None as empty."""
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else str(value))
     return "" if value is None else str(value)
@@ -97,7 +98,7 @@ class CsvLog:
         """Write one row; keys must be exactly the schema's columns."""
         if set(row) != set(self.columns):
             raise ValueError(f"{self.path.name}: row keys {sorted(row)} differ from schema {self.columns}")
-        self._writer.writerow([_format(row[c]) for c in self.columns])
+        self._writer.writerow([format_value(row[c]) for c in self.columns])
         self._file.flush()
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from normbench.bench import plain_loop
 from normbench.config import Config, to_dict, validate
-from normbench.data import TensorData, _normalize, dataset_shape, load_dataset
+from normbench.data import TensorData, normalize_u8, dataset_shape, load_dataset
 from normbench.errors import NormbenchError
 
 BENCH_COLUMNS = (
@@ -67,7 +67,7 @@ def load_bench_data(cfg: Config, device: torch.device, data_dir=None, paths=PATH
     if cfg.dataset.name == "synthetic":
         (train_u8, train_y), (test_u8, test_y) = plain_loop.synthetic_u8(cfg)
         if "normbench" in paths:
-            train_x, test_x, stats = _normalize(train_u8, test_u8)
+            train_x, test_x, stats = normalize_u8(train_u8, test_u8)
             info = {"source": "synthetic, quantized to uint8 pixels for the bench", "normalization": stats}
             tensors = TensorData(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
                                  cfg.dataset.num_classes, info)

@@ -62,7 +62,7 @@ def example_transform(mean: list[float], std: list[float]):
 
 def _idx_root(cfg: Config, data_dir=None) -> Path:
     """The torchvision root holding cfg's MNIST-format idx files (the lookup normbench's loader uses)."""
-    from normbench.data import DEBIAN_FASHION_MNIST, _idx_dir, _stage_idx
+    from normbench.data import DEBIAN_FASHION_MNIST, idx_dir, stage_idx
 
     info = DATASETS[cfg.dataset.name]
     user_dir = user_data_dir(cfg.dataset, data_dir)
@@ -71,8 +71,8 @@ def _idx_root(cfg: Config, data_dir=None) -> Path:
     if info.name == "fashion-mnist":
         candidates.append(DEBIAN_FASHION_MNIST)
     for folder in candidates:
-        if _idx_dir(folder):
-            return _stage_idx(folder, class_name)
+        if idx_dir(folder):
+            return stage_idx(folder, class_name)
     raise NormbenchError(f"{info.name}: no idx files in {', '.join(map(str, candidates)) or 'any folder'}; "
                          f"to get it: {info.how_to_get}")
 

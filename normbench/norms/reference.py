@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 
-def _stats_dtype(x: torch.Tensor) -> torch.Tensor:
+def stats_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in float32 if it is half precision (statistics in bf16/fp16 lose too many digits)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """A per-channel (C,) tensor shaped (1, C, 1, ...) to broadcast against an ndim input."""
     return t.view(1, -1, *([1] * (ndim - 2)))
 
@@ -61,7 +61,7 @@ class _RunningStats(nn.Module):
     def _affine(self, x_hat: torch.Tensor) -> torch.Tensor:
         if not self.affine:
             return x_hat
-        return x_hat * _channel_view(self.weight, x_hat.dim()) + _channel_view(self.bias, x_hat.dim())
+        return x_hat * channel_view(self.weight, x_hat.dim()) + channel_view(self.bias, x_hat.dim())
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -99,7 +99,7 @@ class ReferenceBatchNorm(_RunningStats):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        xs = _stats_dtype(x)
+        xs = stats_dtype(x)
         use_batch_stats = self.training or not self.track_running_stats
         if use_batch_stats:
             mean, var, count = self.batch_stats(xs)
@@ -111,7 +111,7 @@ class ReferenceBatchNorm(_RunningStats):
                     self.running_var.copy_((1 - factor) * self.running_var + factor * unbiased.detach())
         else:
             mean, var = self.running_mean, self.running_var
-        x_hat = (xs - _channel_view(mean, x.dim())) * _channel_view(torch.rsqrt(var + self.eps), x.dim())
+        x_hat = (xs - channel_view(mean, x.dim())) * channel_view(torch.rsqrt(var + self.eps), x.dim())
         return self._affine(x_hat).to(x.dtype)
 
 
@@ -130,7 +130,7 @@ class ReferenceInstanceNorm2d(_RunningStats):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")
-        xs = _stats_dtype(x)
+        xs = stats_dtype(x)
         if self.training or not self.track_running_stats:
             spatial = x.shape[2] * x.shape[3]
             if spatial <= 1:  # torch's _verify_spatial_size
@@ -144,7 +144,7 @@ class ReferenceInstanceNorm2d(_RunningStats):
                     self.running_var.copy_((1 - factor) * self.running_var + factor * unbiased)
             x_hat = (xs - mean) * torch.rsqrt(var + self.eps)
         else:
-            x_hat = (xs - _channel_view(self.running_mean, 4)) * _channel_view(torch.rsqrt(self.running_var + self.eps), 4)
+            x_hat = (xs - channel_view(self.running_mean, 4)) * channel_view(torch.rsqrt(self.running_var + self.eps), 4)
         return self._affine(x_hat).to(x.dtype)
 
 
@@ -164,13 +164,13 @@ class ReferenceGroupNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = _stats_dtype(x)
+        xs = stats_dtype(x)
         n = x.shape[0]
         grouped = xs.reshape(n, self.num_groups, -1)  # (N, G, C/G * spatial); copies a channels_last input
         var, mean = torch.var_mean(grouped, dim=2, correction=0, keepdim=True)  # (N, G, 1)
         x_hat = ((grouped - mean) * torch.rsqrt(var + self.eps)).view(x.shape)
         if self.affine:
-            x_hat = x_hat * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
+            x_hat = x_hat * channel_view(self.weight, x.dim()) + channel_view(self.bias, x.dim())
         return x_hat.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -191,7 +191,7 @@ class ReferenceLayerNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = _stats_dtype(x)
+        xs = stats_dtype(x)
         var, mean = torch.var_mean(xs, dim=-1, correction=0, keepdim=True)  # (..., 1)
         x_hat = (xs - mean) * torch.rsqrt(var + self.eps)
         if self.elementwise_affine:

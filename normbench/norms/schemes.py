@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from normbench.norms.reference import ReferenceBatchNorm, _channel_view, _stats_dtype
+from normbench.norms.reference import ReferenceBatchNorm, channel_view, stats_dtype
 
 
 class BatchRenorm(ReferenceBatchNorm):
@@ -40,7 +40,7 @@ class BatchRenorm(ReferenceBatchNorm):
         if not self.training:
             return super().forward(x)  # eval: moving statistics, as batch norm
         self._check(x)
-        xs = _stats_dtype(x)
+        xs = stats_dtype(x)
         mean, var, count = self.batch_stats(xs)
         sigma_batch = torch.sqrt(var + self.eps)  # (C,)
         with torch.no_grad():  # r and d are constants in backprop
@@ -53,7 +53,7 @@ class BatchRenorm(ReferenceBatchNorm):
             self.running_mean.copy_((1 - factor) * self.running_mean + factor * mean)
             self.running_var.copy_((1 - factor) * self.running_var + factor * unbiased)
         scale = r / sigma_batch
-        x_hat = (xs - _channel_view(mean, x.dim())) * _channel_view(scale, x.dim()) + _channel_view(d, x.dim())
+        x_hat = (xs - channel_view(mean, x.dim())) * channel_view(scale, x.dim()) + channel_view(d, x.dim())
         return self._affine(x_hat).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -84,13 +84,13 @@ class FilterResponseNorm(nn.Module):
             self.register_parameter("eps_learned", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = _stats_dtype(x)
+        xs = stats_dtype(x)
         spatial = tuple(range(2, x.dim()))
         nu2 = xs.pow(2).mean(dim=spatial, keepdim=True) if spatial else xs.pow(2)  # (N, C, 1, 1) or (N, F)
         eps = self.eps + self.eps_learned.abs() if self.learnable_eps else self.eps
         y = xs * torch.rsqrt(nu2 + eps)
-        y = y * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
-        return torch.maximum(y, _channel_view(self.tau, x.dim())).to(x.dtype)
+        y = y * channel_view(self.weight, x.dim()) + channel_view(self.bias, x.dim())
+        return torch.maximum(y, channel_view(self.tau, x.dim())).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, learnable_eps={self.learnable_eps}"

@@ -62,7 +62,7 @@ def _load_data(cfg: Config, data_dir: str | None, cache: dict | None):
     return data
 
 
-def _record_early_failure(path: Path, reason: str, text: str) -> None:
+def record_early_failure(path: Path, reason: str, text: str) -> None:
     """A point that failed before training began still gets a run directory saying why."""
     results.prepare_run_path(path, replace_incomplete=True)
     path.mkdir(parents=True)
@@ -91,7 +91,7 @@ def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dic
         reason = exc.message if isinstance(exc, NormbenchError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
         # train.run raises only before it has made the run directory: record this attempt there
         if (results.read_meta(path) or {}).get("status") != "completed":
-            _record_early_failure(path, reason, traceback.format_exc())
+            record_early_failure(path, reason, traceback.format_exc())
         status = "failed"
     wall_s = time.perf_counter() - start
     meta = results.read_meta(path)

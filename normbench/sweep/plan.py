@@ -148,7 +148,7 @@ class Sweep:
         writer = csv.DictWriter(buffer, fieldnames=index_columns(self.axes), lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: results._format(v) for k, v in row.items()})
+            writer.writerow({k: results.format_value(v) for k, v in row.items()})
         _write_atomic(self.path / INDEX_FILE, buffer.getvalue())
         return rows
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from normbench import results
 from normbench.errors import EXIT_USAGE, ConfigError, NormbenchError
-from normbench.sweep.executor import EventReporter, PointResult, PointTask, _record_early_failure, run_point
+from normbench.sweep.executor import EventReporter, PointResult, PointTask, record_early_failure, run_point
 
 INSTALL_HINT = "ray is not installed; pip install 'normbench[ray]'"
 TASK_NAME = "normbench_point"  # the busy worker's process title is ray::normbench_point
@@ -99,7 +99,7 @@ def record_lost_worker(task: PointTask, reason: str) -> None:
     path = Path(task.run_path)
     meta = results.read_meta(path)
     if meta is None:
-        _record_early_failure(path, reason, reason + "\n")
+        record_early_failure(path, reason, reason + "\n")
         meta = results.read_meta(path) or {}
     elif meta.get("status") == "completed":
         return
