@@ -162,6 +162,10 @@ class Config(_Strict):
     precise_bn: PreciseBNConfig | None = Field(None, description="recompute BN statistics before each evaluation (batch norm only)")
     probe: ProbeConfig | None = Field(None, description="record input percentiles of a layer into probe.csv")
     pack: int = Field(1, ge=1, description="train seeds seed..seed+pack-1 as one packed model; one run directory each")
+    cuda_graph: Literal["auto", True, False] = Field(
+        "auto", description="capture the training step as one CUDA graph and replay it; auto = on for CUDA where the "
+        "run allows it (not with a probe, fp16, a data-parallel rank or PyTorch norms with momentum null)"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod

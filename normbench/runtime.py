@@ -32,11 +32,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context for `precision` (a no-op for fp32)."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """The autocast context for `precision` (a no-op for fp32); `cache=False` inside a CUDA graph capture."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision], cache_enabled=cache)
 
 
 def synchronize(device: torch.device) -> None:

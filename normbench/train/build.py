@@ -9,10 +9,11 @@ from torch import nn
 
 from normbench.config import Config
 from normbench.data import dataset_shape
-from normbench.errors import NormbenchError
+from normbench.errors import ConfigError, NormbenchError
 from normbench.models import build_model
 from normbench.norms import make_norm
 from normbench.train import fastpath
+from normbench.train.graph import graph_reason
 from normbench.train.probe import check_probe
 
 
@@ -34,15 +35,33 @@ def check_buildable(cfg: Config) -> None:
     check_probe(model, cfg.probe, shape, cfg.model)
 
 
-def make_optimizer(cfg: Config, params, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """The optimizer the config names; fused kernels on CPU/CUDA (`fastpath.optimizer_options`)."""
+def check_capturable(cfg: Config, device: torch.device, data_parallel: bool) -> None:
+    """With `cuda_graph: true`, a ConfigError before any work when the run cannot be captured."""
+    if cfg.cuda_graph is not True:
+        return
+    shape, classes = dataset_shape(cfg.dataset)
+    with torch.device("meta"):
+        model = build_for_config(cfg, shape, classes)
+    reason = graph_reason(cfg, model, device, data_parallel)
+    if reason:
+        raise ConfigError(f"cuda_graph: true, but this run cannot be captured: {reason}; set cuda_graph: auto or false")
+
+
+def make_optimizer(cfg: Config, params, device: torch.device | None = None, capturable: bool = False,
+                   lr_tensor: bool = False) -> torch.optim.Optimizer:
+    """The optimizer the config names; fused kernels on CPU/CUDA (`fastpath.optimizer_options`).
+    For a CUDA-graph step: `capturable` Adam/AdamW and, with `lr_tensor`, the learning rate as a
+    device tensor that the schedule fills in place."""
     opt = cfg.optimizer
     extra = fastpath.optimizer_options(device) if device is not None else {}
+    if capturable:
+        extra["capturable"] = True
+    lr = torch.tensor(opt.lr, device=device) if lr_tensor else opt.lr
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
+        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
     if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
-    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
+        return torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=opt.weight_decay, **extra)
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):

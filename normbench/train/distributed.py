@@ -46,6 +46,8 @@ class DistContext:
     device: torch.device
     backend: str
 
+    data_parallel = True
+
     @property
     def is_main(self) -> bool:
         """Rank 0: the one process that writes the run directory and prints."""

@@ -21,7 +21,7 @@ from normbench.models.packed import pack_inputs, pack_models
 from normbench.norms.diagnostics import DIAGNOSTIC_COLUMNS, epoch_diagnostics
 from normbench.results import NullRunDir, RunDir
 from normbench.runtime import autocast, seed_everything
-from normbench.train import fastpath
+from normbench.train import fastpath, graph
 from normbench.train.build import build_for_config, make_optimizer, make_scheduler, plan_steps
 from normbench.train.evaluate import evaluate, evaluate_packed
 from normbench.train.probe import Probe
@@ -65,13 +65,20 @@ def run_facts(cfg: Config, lane_model: nn.Module, run_model: nn.Module, plan: tu
     }
 
 
-def _step(cfg: Config, net: nn.Module, model: nn.Module, loss_fn, lanes: int, n_train: int, device: torch.device):
-    """(TrainStep, (steps per epoch, total steps, epochs)) for training `model` as `net`."""
-    optimizer = make_optimizer(cfg, model.parameters(), device)
+def _step(cfg: Config, net: nn.Module, model: nn.Module, loss_fn, lanes: int, n_train: int, device: torch.device,
+          data_parallel: bool = False):
+    """(step, (steps per epoch, total steps, epochs), the meta.json `cuda_graph` record) for training
+    `model` as `net`: a TrainStep, captured as a CUDA graph where the run allows it."""
+    reason = graph.graph_reason(cfg, model, device, data_parallel)
+    capture = graph.use_graph(cfg, reason)
+    optimizer = make_optimizer(cfg, model.parameters(), device, **graph.optimizer_options(cfg, capture))
     plan = plan_steps(cfg, n_train)
     scheduler = make_scheduler(cfg, optimizer, plan[1])
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    return TrainStep(net, loss_fn, optimizer, scheduler, scaler, cfg.precision, lanes, device), plan
+    step = TrainStep(net, loss_fn, optimizer, scheduler, scaler, cfg.precision, lanes, device, autocast_cache=not capture)
+    if cfg.cuda_graph is False and not reason:
+        reason = "cuda_graph: false in the config"
+    return (graph.GraphStep(step) if capture else step), plan, {"used": capture, "reason": reason}
 
 
 class SingleModel:
@@ -86,10 +93,11 @@ class SingleModel:
         self.model = fastpath.prepare_model(model, self.channels_last, reorder=not cfg.probe)  # the probe hooks layers as built
         self.data = fastpath.prepare_data(lane.data, self.channels_last)
         net = self.world.wrap(self.model)  # data-parallel: DDP averages gradients over processes
-        self.step, self.plan = _step(cfg, net, self.model, single_loss, 1, len(self.data.train_y), device)
+        self.step, self.plan, captured = _step(cfg, net, self.model, single_loss, 1, len(self.data.train_y), device,
+                                               self.world.data_parallel)
         self.orders = [torch.Generator().manual_seed(cfg.seed)]  # data order, independent of init
         lane.run_dir.update_meta(**run_facts(cfg, self.model, self.model, self.plan, len(self.data.train_y),
-                                             self.channels_last, device))
+                                             self.channels_last, device), cuda_graph=captured)
         self.probe = Probe(self.model, cfg.probe, lane.run_dir.path) if cfg.probe else None
 
     def batch(self, perms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,12 +151,12 @@ class PackedSeeds:
         for data in {id(d): d for d in self.datas}.values():  # a data set shared by all seeds is prepared once
             fastpath.prepare_data(data, self.channels_last)
         n_train = len(self.datas[0].train_y)
-        self.step, self.plan = _step(cfg, self.model, self.model, packed_loss, len(lanes), n_train, device)
+        self.step, self.plan, captured = _step(cfg, self.model, self.model, packed_loss, len(lanes), n_train, device)
         self.orders = [torch.Generator().manual_seed(lane.cfg.seed) for lane in lanes]  # each seed's data order
         seeds = [lane.cfg.seed for lane in lanes]
         for i, lane in enumerate(lanes):
             facts = run_facts(lane.cfg, models[i], self.model, self.plan, n_train, self.channels_last, device)
-            lane.run_dir.update_meta(**facts, pack={"size": len(lanes), "index": i, "seeds": seeds})
+            lane.run_dir.update_meta(**facts, cuda_graph=captured, pack={"size": len(lanes), "index": i, "seeds": seeds})
 
     def batch(self, perms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The i-th packed batch of the epoch: (B, K*C, H, W), (B, K)."""

@@ -19,7 +19,7 @@ from normbench.config import Config, dump, to_dict, validate
 from normbench.data import TensorData, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
 from normbench.runtime import resolve_device
-from normbench.train.build import check_buildable
+from normbench.train.build import check_buildable, check_capturable
 from normbench.train.lanes import Lane, PackedSeeds, SingleModel
 from normbench.train.loop import Loop
 from normbench.train.progress import Reporter
@@ -42,6 +42,7 @@ class RunOutcome:
 def _prepare(cfg: Config, results_dir: Path | str, world) -> Path:
     """Checks that need no data, then the writable results folder and the thread count."""
     check_buildable(cfg)
+    check_capturable(cfg, world.device, world.data_parallel)
     results_dir = results.ensure_writable(Path(results_dir))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

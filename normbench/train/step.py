@@ -41,24 +41,34 @@ class TrainStep:
     """
 
     def __init__(self, net: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler,
-                 scaler: torch.amp.GradScaler, precision: str, lanes: int, device: torch.device):
+                 scaler: torch.amp.GradScaler, precision: str, lanes: int, device: torch.device,
+                 autocast_cache: bool = True):
         self.net, self.loss_fn, self.optimizer = net, loss_fn, optimizer
         self.scheduler, self.scaler, self.precision, self.device = scheduler, scaler, precision, device
+        self.autocast_cache = autocast_cache  # off inside a CUDA graph capture (torch's rule)
         self.loss_sum = torch.zeros(lanes, device=device)  # (K,) summed over the epoch's steps
         self.correct = torch.zeros(lanes, device=device, dtype=torch.long)  # (K,)
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        with autocast(self.device, self.precision):
+        self.update(xb, yb)
+        self.after_update()
+
+    def update(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """Everything on the device: forward, backward, optimizer update, per-lane sums."""
+        with autocast(self.device, self.precision, cache=self.autocast_cache):
             logits = self.net(xb)  # (B, classes) or packed (B, K, classes)
             losses = self.loss_fn(logits, yb)  # (K,)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.sum()).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
         self.loss_sum += losses.detach()
         self.correct += lane_correct(logits, yb)
+
+    def after_update(self) -> None:
+        """The host's part of a step: advance the learning-rate schedule."""
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def reset(self) -> None:
         """Zero the per-lane sums (at the start of an epoch)."""
@@ -68,4 +78,4 @@ class TrainStep:
     @property
     def lr(self) -> float:
         """The learning rate the next step will use."""
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])  # a device tensor in a captured step

@@ -16,6 +16,7 @@ class LocalWorld:
     rank = 0
     world_size = 1
     is_main = True
+    data_parallel = False
 
     def __init__(self, device: torch.device):
         self.device = device
