@@ -3,6 +3,8 @@ step's decisions (CPU-testable) and its exactness against the eager step (on a G
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -19,6 +21,21 @@ from normbench.train.runner import run as run_config
 from normbench.train.runner import run_packed, seed_configs
 
 PACK_AND_WORLD_KEYS = {"pack", "backend", "per_process_batch_size"}
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode, before CUDA starts
+
+
+@pytest.fixture
+def deterministic():
+    """Deterministic cuDNN/cuBLAS kernels for the duration of a test. cuDNN's channels_last
+    kernels are not run-to-run deterministic: two eager runs of the same seed were measured to
+    differ from step 8 on an H200; with deterministic kernels an eager and a captured run agree
+    bitwise."""
+    benchmark = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = benchmark
 
 
 def test_plain_packed_and_data_parallel_runs_write_the_same_meta_keys(runner, write_config, tmp_path):
@@ -95,9 +112,9 @@ def buffers(model: nn.Module) -> dict:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("norm", ["batch", "group", "layer", "none", "batch_renorm"])
-@pytest.mark.parametrize("packed", [False, True])
-def test_captured_step_trains_like_the_eager_step(tmp_path, norm, packed):
+@pytest.mark.parametrize("norm, packed", [(norm, False) for norm in ("batch", "group", "layer", "none", "batch_renorm")]
+                         + [(norm, True) for norm in ("batch", "group", "layer", "none")])  # batch_renorm does not pack
+def test_captured_step_trains_like_the_eager_step(tmp_path, deterministic, norm, packed):
     results = {}
     for capture in (False, True):
         cfg = validate(tiny_config(**{"device": "cuda", "norm.type": norm, "cuda_graph": capture,
