@@ -162,6 +162,10 @@ class Config(_Strict):
     precise_bn: PreciseBNConfig | None = Field(None, description="recompute BN statistics before each evaluation (batch norm only)")
     probe: ProbeConfig | None = Field(None, description="record input percentiles of a layer into probe.csv")
     pack: int = Field(1, ge=1, description="train seeds seed..seed+pack-1 as one packed model; one run directory each")
+    checkpoint_every: int = Field(
+        1, ge=0, description="write checkpoint.pt (everything `normbench run --resume` needs to continue exactly) every "
+        "this many epochs and when the run is stopped (Ctrl-C, SIGTERM); 0 = never"
+    )
     cuda_graph: Literal["auto", True, False] = Field(
         "auto", description="capture the training step as one CUDA graph and replay it; auto = on for CUDA where the "
         "run allows it (not with a probe, fp16, a data-parallel rank or PyTorch norms with momentum null)"

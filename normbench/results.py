@@ -63,6 +63,7 @@ def write_json_atomic(path: Path, obj) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # as every other file of the run (mkstemp creates 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -87,11 +88,12 @@ def format_value(value) -> str:
 class CsvLog:
     """An append-only CSV with a fixed column tuple; each row is flushed as it is written."""
 
-    def __init__(self, path: Path, columns: tuple[str, ...]):
+    def __init__(self, path: Path, columns: tuple[str, ...], append: bool = False):
         self.path, self.columns = Path(path), columns
-        self._file = open(self.path, "w", encoding="utf-8", newline="")
+        self._file = open(self.path, "a" if append else "w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file)
-        self._writer.writerow(columns)
+        if not append:
+            self._writer.writerow(columns)
         self._file.flush()
 
     def write(self, row: dict) -> None:
@@ -198,6 +200,26 @@ class RunDir:
         self.steps = CsvLog(self.path / STEPS_FILE, STEP_COLUMNS)
         self.epochs = CsvLog(self.path / EPOCHS_FILE, EPOCH_COLUMNS)
 
+    @classmethod
+    def reopen(cls, path: Path, steps_done: int, epochs_done: int) -> "RunDir":
+        """An existing run directory continued from a checkpoint: its CSVs cut back to the
+        checkpoint (rows after step `steps_done` / epoch `epochs_done` dropped), then appended to;
+        meta.json says running again and lists the resume."""
+        run_dir = cls.__new__(cls)
+        run_dir.path = Path(path)
+        run_dir.meta = read_meta(path) or {}
+        truncate_csv(run_dir.path / STEPS_FILE, "step", steps_done)
+        truncate_csv(run_dir.path / EPOCHS_FILE, "epoch", epochs_done)
+        resumes = [*run_dir.meta.get("resumes", []), {"time": now_iso(), "from_step": steps_done,
+                                                       "after_status": run_dir.meta.get("status")}]
+        run_dir.meta.update(status="running", end_time=None, reason=None, resumes=resumes, pid=os.getpid())
+        for key in ("error_log", "rank_errors"):
+            run_dir.meta.pop(key, None)
+        write_json_atomic(run_dir.path / META_FILE, run_dir.meta)
+        run_dir.steps = CsvLog(run_dir.path / STEPS_FILE, STEP_COLUMNS, append=True)
+        run_dir.epochs = CsvLog(run_dir.path / EPOCHS_FILE, EPOCH_COLUMNS, append=True)
+        return run_dir
+
     def update_meta(self, **fields) -> None:
         """Merge `fields` into meta.json, replacing the file atomically."""
         self.meta.update(fields)
@@ -215,6 +237,27 @@ class RunDir:
         path = self.path / ERROR_FILE
         path.write_text(text, encoding="utf-8")
         return path
+
+
+def truncate_csv(path: Path, column: str, last: int) -> None:
+    """Keep the header and the rows whose integer `column` is at most `last` (atomically)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        kept = [row for row in reader if header and row and int(row[header.index(column)]) <= last]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        if header:
+            writer.writerow(header)
+        writer.writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 class NullCsv:

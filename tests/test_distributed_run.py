@@ -98,7 +98,7 @@ def test_cli_nproc_2_writes_a_normal_run_directory(runner, write_config, tmp_pat
     assert result.exit_code == 0, result.output
     assert "completed tiny" in result.output
     (run_dir,) = (tmp_path / "r2" / "runs").iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "steps.csv", "epochs.csv"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "steps.csv", "epochs.csv", "model.pt"}
     meta = read_meta(run_dir)
     assert meta["status"] == "completed"
     assert (meta["world_size"], meta["backend"], meta["per_process_batch_size"]) == (2, "gloo", 8)

@@ -97,11 +97,12 @@ def test_cli_run_with_pack_writes_one_ordinary_run_dir_per_seed(runner, write_co
     dirs = sorted((results / "runs").iterdir())
     assert [d.name.split("-")[:2] for d in dirs] == [["tiny", "seed5"], ["tiny", "seed6"]]
     for index, run_dir in enumerate(dirs):
-        assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "steps.csv", "epochs.csv"}
+        assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "steps.csv", "epochs.csv", "model.pt"}
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert saved["seed"] == 5 + index and saved["pack"] == 1  # re-running it trains that seed alone
         meta = read_meta(run_dir)
-        assert meta["status"] == "completed" and meta["pack"] == {"size": 2, "index": index, "seeds": [5, 6]}
+        assert meta["status"] == "completed"
+        assert meta["pack"] == {"size": 2, "index": index, "seeds": [5, 6], "run_dirs": [d.name for d in dirs]}
         assert meta["data"]["generator_seed"] == 10_000 + 5 + index  # synthetic data is per seed, as separately
         with open(run_dir / "steps.csv") as f:
             assert tuple(next(csv.reader(f))) == STEP_COLUMNS

@@ -40,7 +40,7 @@ def test_run_writes_the_results_layout(runner, write_config, tmp_path):
     assert result.exit_code == 0, result.output
     run_dir = only_run_dir(results)
     assert "test_acc" in result.output and str(run_dir) in result.output.replace("\n", "")
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "steps.csv", "epochs.csv"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "steps.csv", "epochs.csv", "model.pt"}
 
     saved = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), "saved")
     assert saved == validate(tiny_config(), "t")

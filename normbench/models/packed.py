@@ -146,3 +146,21 @@ def per_seed_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     """Cross-entropy of logits (B, K, classes) against targets (B, K): (K,) means or sums over B."""
     losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, K)
     return losses.mean(0) if reduction == "mean" else losses.sum(0)
+
+
+def unpack_state(packed: dict, template: dict, k: int, index: int) -> dict:
+    """Seed `index`'s state_dict out of a K-seed PackedModel's state_dict. `template` is a
+    state_dict of the seed's own model (its keys and shapes); each packed tensor holds the K seeds'
+    tensors stacked (K, ...) or concatenated along dim 0, or one shared value (the step counter)."""
+    state = {}
+    for key, like in template.items():
+        value = packed[f"body.{key}"].detach().cpu()
+        if value.shape == like.shape:
+            state[key] = value.clone()
+        elif value.dim() == like.dim() + 1 and value.shape[0] == k:
+            state[key] = value[index].clone()
+        elif value.dim() == like.dim() and value.shape[0] == k * like.shape[0]:
+            state[key] = value.chunk(k)[index].clone()
+        else:
+            raise ValueError(f"cannot unpack '{key}': packed {tuple(value.shape)} vs seed {tuple(like.shape)}")
+    return state

@@ -112,3 +112,11 @@ class GraphStep:
     def reset(self) -> None:
         """Zero the per-lane sums in place (the graph keeps their addresses)."""
         self.step.reset()
+
+    def state_dict(self) -> dict:
+        """The eager step's state (a resumed run warms up and captures again)."""
+        return self.step.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the eager step's state before the first warm-up step."""
+        self.step.load_state_dict(state)

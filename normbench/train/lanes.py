@@ -17,7 +17,7 @@ from torch import nn
 from normbench.config import Config
 from normbench.data import TensorData
 from normbench.models import norm_layers
-from normbench.models.packed import pack_inputs, pack_models
+from normbench.models.packed import pack_inputs, pack_models, unpack_state
 from normbench.norms.diagnostics import DIAGNOSTIC_COLUMNS, epoch_diagnostics
 from normbench.results import NullRunDir, RunDir
 from normbench.runtime import autocast, seed_everything
@@ -40,6 +40,7 @@ class Lane:
     reason: str = ""
     final: dict = field(default_factory=dict)
     best_test_acc: float = 0.0
+    resumed: bool = False  # continues from a checkpoint: its run directory's files are appended to
 
     def diverge(self, reason: str) -> None:
         """Record that this lane's loss became NaN/Inf; its rows stop, other lanes go on."""
@@ -98,7 +99,11 @@ class SingleModel:
         self.orders = [torch.Generator().manual_seed(cfg.seed)]  # data order, independent of init
         lane.run_dir.update_meta(**run_facts(cfg, self.model, self.model, self.plan, len(self.data.train_y),
                                              self.channels_last, device), cuda_graph=captured)
-        self.probe = Probe(self.model, cfg.probe, lane.run_dir.path) if cfg.probe else None
+        self.probe = Probe(self.model, cfg.probe, lane.run_dir.path, append=lane.resumed) if cfg.probe else None
+
+    def lane_states(self) -> list[dict]:
+        """[the lane's model state_dict] (the fast-path rewrites keep the built model's names)."""
+        return [self.model.state_dict()]
 
     def batch(self, perms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The i-th batch of the epoch (this process's shard of it): (B, C, H, W), (B,)."""
@@ -156,7 +161,18 @@ class PackedSeeds:
         seeds = [lane.cfg.seed for lane in lanes]
         for i, lane in enumerate(lanes):
             facts = run_facts(lane.cfg, models[i], self.model, self.plan, n_train, self.channels_last, device)
-            lane.run_dir.update_meta(**facts, cuda_graph=captured, pack={"size": len(lanes), "index": i, "seeds": seeds})
+            lane.run_dir.update_meta(**facts, cuda_graph=captured, pack={
+                "size": len(lanes), "index": i, "seeds": seeds, "run_dirs": [l.run_dir.path.name for l in lanes]})
+
+    def lane_states(self) -> list[dict]:
+        """Each seed's model state_dict, cut out of the packed model (the keys of its own model)."""
+        packed = self.model.state_dict()
+        states = []
+        for i, lane in enumerate(self.lanes):
+            with torch.device("meta"):
+                template = build_for_config(lane.cfg, lane.data.shape, lane.data.num_classes).state_dict()
+            states.append(unpack_state(packed, template, len(self.lanes), i))
+        return states
 
     def batch(self, perms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The i-th packed batch of the epoch: (B, K*C, H, W), (B, K)."""

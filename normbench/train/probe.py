@@ -64,14 +64,14 @@ def check_probe(model: nn.Module, probe_cfg, input_shape, model_name: str) -> No
 class Probe:
     """Records input percentiles of one layer of `model` into `probe.csv` in `run_path`."""
 
-    def __init__(self, model: nn.Module, probe_cfg, run_path: Path):
+    def __init__(self, model: nn.Module, probe_cfg, run_path: Path, append: bool = False):
         self.cfg = probe_cfg
         layer = dict(model.named_children())[probe_cfg.layer]
         self.armed = False
         self.pending: torch.Tensor | None = None  # (3,) percentiles, on the device
         self.quantiles = None
         self.handle = layer.register_forward_pre_hook(self._hook)
-        self.log = CsvLog(Path(run_path) / PROBE_FILE, PROBE_COLUMNS)
+        self.log = CsvLog(Path(run_path) / PROBE_FILE, PROBE_COLUMNS, append=append)  # append: a resumed run
 
     def _hook(self, module, args) -> None:
         if self.armed:

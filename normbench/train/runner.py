@@ -8,18 +8,20 @@ is written; once a run directory exists, every ending is recorded in its meta.js
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from normbench import results
+from normbench import __version__, results
 from normbench.config import Config, dump, to_dict, validate
 from normbench.data import TensorData, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
 from normbench.runtime import resolve_device
 from normbench.train.build import check_buildable, check_capturable
+from normbench.train.checkpoint import MODEL_FILE, save_atomic
 from normbench.train.lanes import Lane, PackedSeeds, SingleModel
 from normbench.train.loop import Loop
 from normbench.train.progress import Reporter
@@ -53,7 +55,7 @@ def _open_run_dir(cfg: Config, data: TensorData, path: Path, world, replace_inco
     """The lane's run directory: rank 0 creates it; other ranks of a data-parallel run write nothing."""
     if not world.is_main:
         return results.NullRunDir(path)
-    meta = {"name": cfg.name, "environment": results.environment(world.device), "data": data.info,
+    meta = {"name": cfg.name, "pid": os.getpid(), "environment": results.environment(world.device), "data": data.info,
             **world.meta(cfg.batch_size)}
     return results.RunDir(path, dump(cfg), meta, replace_incomplete=replace_incomplete)
 
@@ -129,13 +131,30 @@ def run_packed(
     return _train(lanes, lambda: PackedSeeds(lanes, world.device), reporter)
 
 
-def _train(lanes: list[Lane], make_trainer, reporter: Reporter | None, reraise: bool = False) -> list[RunOutcome]:
-    """Build the trainer and run the loop; every lane's ending is recorded, one outcome per lane.
-    With `reraise` (a data-parallel rank other than 0) an exception goes to the caller instead."""
+def save_models(trainer) -> None:
+    """model.pt in each lane's run directory that is still training: its state_dict, the resolved
+    config, the sample shape, the class count and normbench's version."""
+    if not trainer.world.is_main:
+        return
+    for lane, state in zip(trainer.lanes, trainer.lane_states()):
+        if lane.status == "running":
+            save_atomic(lane.run_dir.path / MODEL_FILE, {
+                "state_dict": state, "config": to_dict(lane.cfg), "input_shape": list(lane.data.shape),
+                "num_classes": lane.data.num_classes, "normbench": __version__,
+            })
+
+
+def _train(lanes: list[Lane], make_trainer, reporter: Reporter | None, reraise: bool = False,
+           resume: dict | None = None) -> list[RunOutcome]:
+    """Build the trainer and run the loop (from a checkpoint's state with `resume`); every lane's
+    ending is recorded, one outcome per lane. With `reraise` (a data-parallel rank other than 0)
+    an exception goes to the caller instead."""
     reporter = reporter or Reporter()
     ending = ("completed", EXIT_OK, "", "")
     try:
-        Loop(make_trainer(), reporter).run()
+        trainer = make_trainer()
+        Loop(trainer, reporter, lanes[0].cfg.checkpoint_every, resume).run()
+        save_models(trainer)
     except KeyboardInterrupt:
         if reraise:
             raise

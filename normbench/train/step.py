@@ -79,3 +79,27 @@ class TrainStep:
     def lr(self) -> float:
         """The learning rate the next step will use."""
         return float(self.optimizer.param_groups[0]["lr"])  # a device tensor in a captured step
+
+    def state_dict(self) -> dict:
+        """Optimizer, schedule, loss scaler and the per-lane sums of the epoch in progress."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "loss_sum": self.loss_sum.detach().cpu(),
+            "correct": self.correct.detach().cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned (sums copied in place: a captured graph keeps their addresses)."""
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            if isinstance(lr, torch.Tensor):  # a device lr the graph reads: keep the tensor, take the value
+                lr.copy_(torch.as_tensor(group["lr"]))
+                group["lr"] = lr
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loss_sum.copy_(state["loss_sum"])
+        self.correct.copy_(state["correct"])
