@@ -88,7 +88,7 @@ DataDirOption = Annotated[
 @app.command()
 @handle_errors
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/quickstart.yaml.")],
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config file, e.g. configs/quickstart.yaml.")] = None,
     set_: SetOption = None,
     results_dir: ResultsDirOption = Path("results"),
     data_dir: DataDirOption = None,
@@ -96,47 +96,33 @@ def run(
     nproc: Annotated[Optional[int], typer.Option(
         "--nproc", min=1, help="Train data-parallel over N local processes (gloo on CPU, nccl on CUDA); batch_size is the global batch.",
     )] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="RUN_DIR", help="Continue a failed, interrupted or killed run from its checkpoint.",
+    )] = None,
 ) -> None:
-    """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv)."""
+    """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv, model.pt)."""
     from normbench.config import dump, load_config
-    from normbench.runtime import resolve_device
-    from normbench.train import distributed, launch
-    from normbench.train.build import check_buildable
-    from normbench.train.progress import RichReporter
-    from normbench.train.runner import run as run_config
-    from normbench.train.runner import run_packed
+    from normbench.train import dispatch
 
-    cfg = load_config(config, set_ or [])
-    if nproc and distributed.from_env():
-        raise ConfigError("--nproc starts local processes; under torchrun set the count with --nproc-per-node instead")
-    if dry_run:
-        distributed.check_world(cfg, nproc or 1)
-        resolve_device(cfg.device)
-        check_buildable(cfg)
+    if config is None and resume is None:
+        raise ConfigError("missing CONFIG: pass a YAML config (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+    cfg = load_config(config, set_ or []) if config is not None else None
+    if dry_run and cfg is not None:
+        dispatch.check(cfg, nproc)
         typer.echo(dump(cfg), nl=False)
         return
     _sigterm_as_interrupt()
-    if distributed.from_env():  # started by torchrun: this process is one rank; rank 0 reports
-        rank, outcome = launch.run_torchrun(cfg, results_dir, data_dir, RichReporter(console=console))
-        if rank != 0:
-            if outcome.status != "completed":
-                fail(f"rank {rank}: run {outcome.status}: {outcome.reason}", outcome.exit_code)
-            return
-        outcomes = [outcome]
-    elif nproc and nproc > 1:
-        if cfg.pack > 1:
-            fail(f"--nproc {nproc} with pack={cfg.pack}: packed seeds run in one process; drop one of them", EXIT_USAGE)
-        outcomes = [launch.launch_run(cfg, nproc, results_dir, data_dir)]
-    elif cfg.pack > 1:
-        outcomes = run_packed(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))
+    if resume is not None:
+        outcomes = dispatch.resume_run(resume, cfg, nproc, data_dir, console)
     else:
-        outcomes = [run_config(cfg, results_dir, data_dir=data_dir, reporter=RichReporter(console=console))]
-    for index, outcome in enumerate(outcomes):
+        outcomes = dispatch.start(cfg, nproc, results_dir, data_dir, console)
+    if outcomes is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    for outcome in outcomes:
         if outcome.status == "completed":
             final = outcome.final
-            seed = f" seed {cfg.seed + index}" if cfg.pack > 1 else ""
             console.print(
-                f"[green]completed[/] {cfg.name}{seed}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
+                f"[green]completed[/] {outcome.label or outcome.run_dir.name}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
                 f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
                 f"({final['mean_samples_per_s']:,.0f} samples/s)",
                 highlight=False,
@@ -145,7 +131,7 @@ def run(
     bad = [o for o in outcomes if o.status != "completed"]
     if bad:
         worst = bad[0]
-        prefix = f"{len(bad)} of {len(outcomes)} packed runs did not complete; first: " if cfg.pack > 1 else ""
+        prefix = f"{len(bad)} of {len(outcomes)} packed runs did not complete; first: " if len(outcomes) > 1 else ""
         fail(f"{prefix}run {worst.status}: {worst.reason}; results so far in {worst.run_dir}", worst.exit_code)
 
 

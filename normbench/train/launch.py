@@ -10,13 +10,15 @@ from typing import Callable
 import torch
 
 from normbench import results
-from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, NormbenchError
+from normbench.config import load_config
+from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, NormbenchError
 from normbench.runtime import resolve_device
 from normbench.train.build import check_buildable
 from normbench.train.distributed import (
     DistContext, RankResult, check_world, describe_failures, from_env, init_from_env, shutdown, spawn,
 )
 from normbench.train.progress import Reporter, RichReporter
+from normbench.train.resume import resumable, resume
 from normbench.train.runner import RunOutcome, run
 
 
@@ -25,6 +27,26 @@ def run_rank(ctx: DistContext, cfg, results_dir: str, data_dir: str | None, run_
     reporter = RichReporter() if show_progress and ctx.is_main else Reporter()
     outcome = run(cfg, results_dir, data_dir=data_dir, run_path=Path(run_path), reporter=reporter, world=ctx)
     return {"status": outcome.status, "exit_code": outcome.exit_code, "reason": outcome.reason, "final": outcome.final}
+
+
+def resume_rank(ctx: DistContext, run_dir: str, data_dir: str | None, show_progress: bool) -> dict:
+    """One rank of `launch_resume`: `resume.resume` with this rank's context; its outcome as a dict."""
+    reporter = RichReporter() if show_progress and ctx.is_main else Reporter()
+    (outcome,) = resume(run_dir, data_dir=data_dir, reporter=reporter, world=ctx)
+    return {"status": outcome.status, "exit_code": outcome.exit_code, "reason": outcome.reason, "final": outcome.final}
+
+
+def launch_resume(run_dir: Path, nproc: int, data_dir: Path | str | None = None, show_progress: bool = True) -> RunOutcome:
+    """`normbench run --resume RUN_DIR --nproc N`: continue a data-parallel run over N local processes."""
+    meta, _ = resumable(run_dir)
+    cfg = load_config(Path(run_dir) / results.CONFIG_FILE)
+    if meta.get("world_size", 1) != nproc:
+        raise ConfigError(f"run '{run_dir}' trained over {meta.get('world_size', 1)} processes; "
+                          f"resume it with --nproc {meta.get('world_size', 1)}")
+    device = resolve_device(cfg.device)
+    data_dir = str(data_dir) if data_dir is not None else None
+    reports = spawn(resume_rank, nproc, (str(run_dir), data_dir, show_progress), device.type)
+    return _outcome(reports, Path(run_dir))
 
 
 def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: Path | str | None = None,

@@ -39,6 +39,7 @@ class RunOutcome:
     run_dir: Path
     reason: str = ""
     final: dict = field(default_factory=dict)
+    label: str = ""  # the run's name, with its seed for a packed seed
 
 
 def _prepare(cfg: Config, results_dir: Path | str, world) -> Path:
@@ -83,13 +84,21 @@ def run(
         lane = Lane(cfg, data, _open_run_dir(cfg, data, path, world, replace_incomplete))
     except OSError as exc:
         raise NormbenchError(f"cannot create run directory '{path}': {exc.strerror or exc}; pass --results-dir DIR") from None
-    return _train([lane], lambda: SingleModel(lane, world.device, world), reporter, reraise=not world.is_main)[0]
+    return train_lanes([lane], lambda: SingleModel(lane, world.device, world), reporter, reraise=not world.is_main)[0]
 
 
 def seed_configs(cfg: Config) -> list[Config]:
     """The K configs a pack stands for: seeds seed..seed+K-1, each with pack: 1."""
     base = to_dict(cfg)
     return [validate({**base, "seed": cfg.seed + k, "pack": 1}, f"packed seed {cfg.seed + k}") for k in range(cfg.pack)]
+
+
+def load_lane_data(configs: list[Config], device, data_dir) -> list[TensorData]:
+    """One data set per lane: shared, or one each for synthetic data (its samples depend on the seed)."""
+    first = configs[0]
+    if first.dataset.name == "synthetic":
+        return [load_dataset(c.dataset, seed=c.seed, device=device, data_dir=data_dir) for c in configs]
+    return [load_dataset(first.dataset, seed=first.seed, device=device, data_dir=data_dir)] * len(configs)
 
 
 def _packed_data(cfg: Config, configs: list[Config], data, device, data_dir) -> list[TensorData]:
@@ -100,9 +109,7 @@ def _packed_data(cfg: Config, configs: list[Config], data, device, data_dir) -> 
         return data
     if data is not None:
         return [data] * len(configs)
-    if cfg.dataset.name == "synthetic":
-        return [load_dataset(c.dataset, seed=c.seed, device=device, data_dir=data_dir) for c in configs]
-    return [load_dataset(cfg.dataset, seed=cfg.seed, device=device, data_dir=data_dir)] * len(configs)
+    return load_lane_data(configs, device, data_dir)
 
 
 def run_packed(
@@ -128,7 +135,7 @@ def run_packed(
         for lane in lanes:
             lane.run_dir.finish("failed", reason=f"another packed seed's run directory could not be created: {exc}")
         raise NormbenchError(f"cannot create the packed run directories in '{results_dir}': {exc}") from None
-    return _train(lanes, lambda: PackedSeeds(lanes, world.device), reporter)
+    return train_lanes(lanes, lambda: PackedSeeds(lanes, world.device), reporter)
 
 
 def save_models(trainer) -> None:
@@ -144,7 +151,7 @@ def save_models(trainer) -> None:
             })
 
 
-def _train(lanes: list[Lane], make_trainer, reporter: Reporter | None, reraise: bool = False,
+def train_lanes(lanes: list[Lane], make_trainer, reporter: Reporter | None, reraise: bool = False,
            resume: dict | None = None) -> list[RunOutcome]:
     """Build the trainer and run the loop (from a checkpoint's state with `resume`); every lane's
     ending is recorded, one outcome per lane. With `reraise` (a data-parallel rank other than 0)
@@ -165,7 +172,10 @@ def _train(lanes: list[Lane], make_trainer, reporter: Reporter | None, reraise: 
         ending = ("failed", EXIT_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
     finally:
         reporter.finish()
-    return [_record(lane, *ending) for lane in lanes]
+    outcomes = [_record(lane, *ending) for lane in lanes]
+    for lane, outcome in zip(lanes, outcomes):
+        outcome.label = f"{lane.cfg.name} seed {lane.cfg.seed}" if len(lanes) > 1 else lane.cfg.name
+    return outcomes
 
 
 def _record(lane: Lane, status: str, code: int, reason: str, trace: str) -> RunOutcome:
