@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from normbench.bench.harness import BENCH_COLUMNS
+from normbench.bench.vs_plain import BENCH_COLUMNS
 from normbench.cli import app
 from normbench.config import validate
 from normbench.train.runner import run as run_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from normbench.bench.harness import BENCH_COLUMNS
+from normbench.bench.vs_plain import BENCH_COLUMNS
 from normbench.report.probe_plots import plot_accuracy_vs_steps, plot_probe
 from normbench.report.style import batch_size_axis, colour, finish_axes, new_figure, save
 from normbench.train.probe import PROBE_FILE
