@@ -3,7 +3,7 @@
 For each (batch size, norm) point, on the same data and the same budget (`steps` steps per seed):
 
 - sequential: K `train.run` runs, seeds seed..seed+K-1 (run directories in a throwaway folder);
-- packed: one `packed_train.run_packed` with pack: K.
+- packed: one `train.runner.run_packed` with pack: K.
 
 samples/s = K * steps * batch / training time (the runs' own `train_s`: evaluation excluded, as in
 the plain-loop bench). One warm-up of each, then `repeats` alternating measurements in this process;
