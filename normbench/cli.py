@@ -15,6 +15,7 @@ from rich.console import Console
 
 from normbench import __version__
 from normbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
+from normbench.values import parse_ints, parse_names
 
 app = typer.Typer(
     name="normbench",
@@ -135,15 +136,14 @@ def run(
         fail(f"{prefix}run {worst.status}: {worst.reason}; results so far in {worst.run_dir}", worst.exit_code)
 
 
-def _int_list(text: str, option: str) -> list[int]:
-    """'2,8,64' -> [2, 8, 64]; anything else is a one-line usage error."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise NormbenchError(f"{option} '{text}': expected positive integers separated by commas, e.g. 2,8,64", EXIT_USAGE)
-    return values
+def batch_size_list(text: str) -> list[int]:
+    """`--batch-sizes 2,8,64` as a list of positive integers (values.parse_ints)."""
+    return list(parse_ints(text, "--batch-sizes", 1, "--batch-sizes 2,8,64"))
+
+
+def norm_list(text: str) -> list[str]:
+    """`--norms batch,group` as a list of names (values.parse_names); each is validated with the config."""
+    return list(parse_names(text, "--norms", "--norms batch,group"))
 
 
 @app.command()
@@ -169,43 +169,31 @@ def bench(
     data_dir: DataDirOption = None,
 ) -> None:
     """Time normbench's training path against the plain PyTorch loop on the same work; write results/bench/<time>.csv."""
-    from normbench.bench import harness as benchmod
-    from normbench.config import apply_overrides, load_config, validate
+    from normbench.bench import harness, vs_plain
+    from normbench.bench import pack as pack_bench
 
-    overrides = list(set_ or [])
-    if device is not None:
-        overrides.append(f"device={device}")
-    if precision is not None:
-        overrides.append(f"precision={precision}")
-    if config is not None:
-        base = load_config(config, overrides)
-    else:
-        base = validate(apply_overrides({"name": "bench"}, overrides), "the built-in bench config")
-    sizes = _int_list(batch_sizes, "--batch-sizes")
-    norm_names = [n.strip() for n in norms.split(",") if n.strip()]
-    for size in sizes:  # every point must be a valid config before anything runs
-        for norm in norm_names:
-            point = benchmod.point_config(base, size, norm, steps, None)
-            if pack is not None:
-                from normbench.bench import pack as pack_bench
-
-                pack_bench.packed_config(point, pack)
+    overrides = [*(set_ or []), *([f"device={device}"] if device is not None else []),
+                 *([f"precision={precision}"] if precision is not None else [])]
+    base = harness.bench_base(config, overrides)
+    sizes, norm_names = batch_size_list(batch_sizes), norm_list(norms)
+    for _, point, _ in harness.each_point(base, sizes, norm_names, steps):  # every point valid before anything runs
+        if pack is not None:
+            pack_bench.packed_config(point, pack)
     _sigterm_as_interrupt()
-    env = benchmod.environment_line(base)
-    console.print(env, highlight=False)
-    if pack is not None:
-        with console.status("measuring") as status:
-            rows = pack_bench.run_pack_bench(base, sizes, norm_names, steps, repeats, pack, data_dir=data_dir,
-                                             progress=lambda text: status.update(f"measuring {text}"))
-        console.print(pack_bench.table(rows))
-        console.print(f"wrote {pack_bench.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
-        return
+    console.print(harness.environment_line(base), highlight=False)
     with console.status("measuring") as status:
-        rows = benchmod.run_bench(base, sizes, norm_names, steps, repeats, data_dir=data_dir, measure_mem=memory,
-                                  progress=lambda text: status.update(f"measuring {text}"))
-    console.print(benchmod.table(rows))
-    path = benchmod.write_csv(rows, results_dir)
-    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        def progress(text: str) -> None:
+            status.update(f"measuring {text}")
+
+        if pack is not None:
+            bench_module = pack_bench
+            rows = pack_bench.run_pack_bench(base, sizes, norm_names, steps, repeats, pack, data_dir=data_dir, progress=progress)
+        else:
+            bench_module = vs_plain
+            rows = vs_plain.run_bench(base, sizes, norm_names, steps, repeats, data_dir=data_dir, measure_mem=memory,
+                                      progress=progress)
+    console.print(bench_module.table(rows))
+    console.print(f"wrote {bench_module.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -260,15 +248,15 @@ def sweep(
     )] = 1,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
-    from normbench.sweep.grid import build_axes, parse_grid, parse_ints, parse_values
     from normbench.norms import NORMS
+    from normbench.sweep.grid import build_axes, parse_grid
     from normbench.sweep.plan import load_base, run_sweep
 
     base = load_base(config, set_ or [])
     axes = build_axes(
-        parse_values(norms, "--norms") if norms else tuple(NORMS),
-        parse_ints(batch_sizes, "--batch-sizes", 1) if batch_sizes else (base.batch_size,),
-        parse_ints(seeds, "--seeds", 0) if seeds else (base.seed,),
+        norm_list(norms) if norms is not None else list(NORMS),
+        batch_size_list(batch_sizes) if batch_sizes is not None else [base.batch_size],
+        parse_ints(seeds, "--seeds", 0, "--seeds 0,1,2") if seeds is not None else [base.seed],
         parse_grid(grid or []),
     )
     _sigterm_as_interrupt()

@@ -6,7 +6,6 @@ at once, each with its full key path (e.g. `norm.groups`), the bad value and wha
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from normbench.errors import ConfigError
 from normbench.norms import IMPLS, NORMS
+from normbench.values import parse_assignment, parse_value
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 # The models `normbench.models.MODELS` builds (a test keeps the two in step).
@@ -264,24 +264,10 @@ def validate(data: Any, source: str) -> Config:
         raise ConfigError(f"invalid config {source}: {problems}") from None
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=VALUE` -> (['a', 'b'], VALUE parsed as YAML, so 8 is an int and null is None)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. --set norm.type=group")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-3 (no dot) as text; on the command line it is a number
-            value = float(value) if _FLOAT.fullmatch(value.strip()) else value
-        except ValueError:
-            pass
-    return key.strip().split("."), value
+    """`a.b=VALUE` -> (['a', 'b'], VALUE as values.parse_value reads it: 8 an int, null None, 1e-3 a float)."""
+    key, raw = parse_assignment(text, "--set", "KEY=VALUE", "--set norm.type=group")
+    return key.split("."), parse_value(raw)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

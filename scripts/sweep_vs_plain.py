@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/sweep_base.yaml")
     args = parser.parse_args()
 
-    from normbench.bench.harness import time_plain_sequential
+    from normbench.bench.vs_plain import time_plain_sequential
     from normbench.config import validate
     from normbench.results import environment
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normbench.bench import harness as bench
+from normbench.bench import harness
 from normbench.train import fastpath
 from normbench.bench import plain_loop
-from normbench.bench.harness import BENCH_COLUMNS
+from normbench.bench.vs_plain import BENCH_COLUMNS, time_plain_sequential
 from normbench.cli import app
 from normbench.config import validate
 from normbench.results import STEP_COLUMNS
@@ -80,7 +80,7 @@ def test_bench_rejects_bad_options_in_one_line(runner, tmp_path, args, fragment)
 def test_plain_loop_and_normbench_do_the_same_work(tmp_path):
     """Same init, same batches in the same order, same optimizer: the same loss at every step."""
     cfg = validate(tiny_config(log_every=1, epochs=1, channels_last=False), "t")
-    data = bench.load_bench_data(cfg, torch.device("cpu"))
+    data = harness.load_bench_data(cfg, torch.device("cpu"))
     outcome = run_config(cfg, tmp_path, data=data.tensors)
     run_steps = read_rows(outcome.run_dir / "steps.csv")
     assert tuple(run_steps[0]) == STEP_COLUMNS
@@ -97,7 +97,7 @@ def test_plain_loop_and_normbench_do_the_same_work(tmp_path):
 
 def test_the_plain_dataset_gives_normbenchs_pixels():
     cfg = validate(tiny_config(), "t")
-    data = bench.load_bench_data(cfg, torch.device("cpu"))
+    data = harness.load_bench_data(cfg, torch.device("cpu"))
     for i in (0, 17, 255):
         x, y = data.plain_dataset[i]  # ToTensor + Normalize of one uint8 image
         assert torch.equal(x, data.tensors.train_x[i]) and y == int(data.tensors.train_y[i])
@@ -156,7 +156,7 @@ def test_bf16_autocast_keeps_batch_norm_state_in_fp32():
 
 def test_plain_loop_runs_a_whole_config_for_the_sweep_baseline():
     cfg = validate(tiny_config(), "t")
-    seconds = bench.time_plain_sequential([cfg, cfg])
+    seconds = time_plain_sequential([cfg, cfg])
     result = plain_loop.run_plain(cfg, torch.device("cpu"))
     assert seconds > 0 and result["steps"] == 2 * (256 // 16)
     assert 0.5 < result["test_acc"] <= 1.0 and math.isfinite(result["test_loss"])

@@ -13,7 +13,8 @@ from normbench.cli import app
 from normbench.config import validate
 from normbench.norms.diagnostics import DIAGNOSTIC_COLUMNS, batch_norm_modules, evaluate_batch_stats, precise_bn_statistics
 from normbench.norms import make_norm
-from normbench.train.probe import PROBE_COLUMNS, Probe, plot_accuracy_vs_steps, plot_probe
+from normbench.report.probe_plots import plot_accuracy_vs_steps, plot_probe
+from normbench.train.probe import PROBE_COLUMNS, Probe
 from normbench.results import read_meta
 
 from conftest import rows, tiny_config

@@ -167,3 +167,11 @@ def test_a_worker_killed_mid_point_is_retried_or_recorded_failed(runner, write_c
         rerun = sweep(runner, config, tmp_path, *args)  # not lost: the next run of the sweep redoes it
         assert rerun.exit_code == 0 and "rerun (failed)" in rerun.output, rerun.output
         assert read_meta(run_dir)["status"] == "completed"
+
+
+def test_ctrl_c_cancels_the_ray_points_in_flight(tmp_path, local_ray):
+    """The same polling loop as the local backends: Ctrl-C records the points in flight as interrupted."""
+    from normbench.sweep.ray_executor import RayPlan
+    from test_executor import check_interrupted, long_sweep
+
+    check_interrupted(long_sweep(tmp_path), RayPlan(None, 1, 0.0, 0).execute)

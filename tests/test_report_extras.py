@@ -2,7 +2,9 @@
 
 import csv
 
-from normbench.bench.harness import BENCH_COLUMNS
+import pytest
+
+from normbench.bench.vs_plain import BENCH_COLUMNS
 from normbench.cli import app
 from normbench.config import validate
 from normbench.train.runner import run as run_config
@@ -56,3 +58,36 @@ def test_empty_folder_is_still_a_clear_error(runner, tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["report", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "no runs found" in result.stderr
+
+
+def test_every_report_figure_has_the_one_style(runner, tmp_path):
+    """The batch-size figures, the probe plots and the bench figure all come out of report/style.py."""
+    from PIL import Image
+
+    from normbench.report.style import DPI
+
+    results = tmp_path / "results"
+    run_config(validate(tiny_config(epochs=1, probe={"layer": "act3", "every": 4}), "t"), results)
+    write_bench(results / "bench" / "b.csv", [bench_row(8, 300.0, 200.0)])
+    assert runner.invoke(app, ["report", str(results), "--out", str(tmp_path / "out")]).exit_code == 0
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 7  # four batch-size figures, two probe plots, one bench figure
+    for png in pngs:
+        assert Image.open(png).info["dpi"] == pytest.approx((DPI, DPI), abs=0.01), png.name
+
+
+def test_only_the_report_draws_and_never_through_pyplot():
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "normbench"
+    users = {}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.startswith("matplotlib"):
+                    users.setdefault(str(path.relative_to(package)), set()).add(name)
+    assert set(users) == {"report/style.py", "report/figures.py"}, users
+    assert not any("pyplot" in name for names in users.values() for name in names)

@@ -3,7 +3,7 @@
 For each (batch size, norm) point, on the same data and the same budget (`steps` steps per seed):
 
 - sequential: K `train.run` runs, seeds seed..seed+K-1 (run directories in a throwaway folder);
-- packed: one `packed_train.run_packed` with pack: K.
+- packed: one `train.runner.run_packed` with pack: K.
 
 samples/s = K * steps * batch / training time (the runs' own `train_s`: evaluation excluded, as in
 the plain-loop bench). One warm-up of each, then `repeats` alternating measurements in this process;
@@ -12,13 +12,13 @@ the table gives medians, min-max and the speedup = packed median / sequential me
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 
 from normbench.bench.harness import (
-    WARMUP_STEPS, bench_setup, load_bench_data, measure_alternating, null_rich_reporter, point_config, point_row,
+    bench_setup, each_point, load_bench_data, measure_alternating, null_rich_reporter, point_row, spread, spread_text,
 )
+from normbench.bench.harness import write_csv as write_bench_csv
 from normbench.config import Config, to_dict, validate
 from normbench.data import TensorData
 from normbench.errors import NormbenchError
@@ -71,20 +71,14 @@ def run_pack_bench(base: Config, batch_sizes: list[int], norms: list[str], steps
     device, env, stamp = bench_setup(base)
     data = load_bench_data(base, device, data_dir, paths=("normbench",)).tensors
     rows = []
-    for batch_size in batch_sizes:
-        for norm in norms:
-            cfg = point_config(base, batch_size, norm, steps, None)
-            warm = point_config(base, batch_size, norm, min(steps, WARMUP_STEPS), None)
-            sequential, packed = measure_alternating(
-                lambda c: time_sequential(c, pack, data), lambda c: time_packed(packed_config(c, pack), data),
-                cfg, warm, repeats, progress, f"batch {batch_size}, {norm}, pack {pack}")
-            s_med, p_med = statistics.median(sequential), statistics.median(packed)
-            rows.append({
-                **point_row(stamp, env, cfg, norm), "pack": pack, "steps": steps, "repeats": repeats,
-                "sequential_samples_per_s": s_med, "sequential_min": min(sequential), "sequential_max": max(sequential),
-                "packed_samples_per_s": p_med, "packed_min": min(packed), "packed_max": max(packed),
-                "speedup": p_med / s_med,
-            })
+    for norm, cfg, warm in each_point(base, batch_sizes, norms, steps):
+        sequential, packed = measure_alternating(
+            lambda c: time_sequential(c, pack, data), lambda c: time_packed(packed_config(c, pack), data),
+            cfg, warm, repeats, progress, f"batch {cfg.batch_size}, {norm}, pack {pack}")
+        row = {**point_row(stamp, env, cfg, norm), "pack": pack, "steps": steps, "repeats": repeats,
+               **spread(sequential, "sequential"), **spread(packed, "packed")}
+        row["speedup"] = row["packed_samples_per_s"] / row["sequential_samples_per_s"]
+        rows.append(row)
     return rows
 
 
@@ -99,18 +93,12 @@ def table(rows: list[dict]):
     for name in ("batch", "norm", "sequential samples/s (min-max)", "packed samples/s (min-max)", "speedup"):
         out.add_column(name, justify="right")
     for r in rows:
-        out.add_row(
-            str(r["batch_size"]), r["norm"],
-            f"{r['sequential_samples_per_s']:,.0f} ({r['sequential_min']:,.0f}-{r['sequential_max']:,.0f})",
-            f"{r['packed_samples_per_s']:,.0f} ({r['packed_min']:,.0f}-{r['packed_max']:,.0f})",
-            f"[bold]{r['speedup']:.2f}x[/]",
-        )
+        out.add_row(str(r["batch_size"]), r["norm"], spread_text(r, "sequential"), spread_text(r, "packed"),
+                    f"[bold]{r['speedup']:.2f}x[/]")
     out.caption = "samples/s = all seeds' training samples / training time (evaluation excluded)"
     return out
 
 
 def write_csv(rows: list[dict], results_dir: Path) -> Path:
     """results_dir/bench/pack-<UTC timestamp>.csv with PACK_COLUMNS."""
-    from normbench.bench import harness as bench
-
-    return bench.write_csv(rows, results_dir, PACK_COLUMNS, prefix="pack-")
+    return write_bench_csv(rows, results_dir, PACK_COLUMNS, prefix="pack-")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from normbench.report import extras
 from normbench.report import figures
+from normbench.report.style import norm_order
 from normbench.report.collect import Collected, collect
 from normbench.errors import NormbenchError
 from normbench.norms import NORMS
@@ -53,7 +54,7 @@ def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
             "samples_per_s_mean": done["samples_per_s"].astype(float).mean() if len(done) else math.nan,
         })
     summary = pd.DataFrame(rows).round(DECIMALS)
-    order = {n: i for i, n in enumerate(figures.norm_order(summary["norm"].unique()))}
+    order = {n: i for i, n in enumerate(norm_order(summary["norm"].unique()))}
     summary = summary.sort_values(["dataset", "model", *extra, "device", "norm", "batch_size"],
                                   key=lambda c: c.map(order) if c.name == "norm" else c)
     return summary.reset_index(drop=True)

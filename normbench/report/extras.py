@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from normbench.bench.harness import BENCH_COLUMNS
-from normbench.train.probe import PROBE_FILE, plot_accuracy_vs_steps, plot_probe
+from normbench.bench.vs_plain import BENCH_COLUMNS
+from normbench.report.probe_plots import plot_accuracy_vs_steps, plot_probe
+from normbench.report.style import batch_size_axis, colour, finish_axes, new_figure, save
+from normbench.train.probe import PROBE_FILE
 
 
 def probed_runs(run_dirs) -> list[Path]:
@@ -56,43 +58,37 @@ def find_bench_csvs(paths) -> list[Path]:
     return list(found)
 
 
+def bench_figure(bench: pd.DataFrame, path: Path) -> Path:
+    """Samples/s of both paths vs batch size, ratios written at normbench's points; a panel per
+    (dataset, model, precision, device)."""
+    panels = list(bench.groupby(["dataset", "model", "precision", "device"], sort=True))
+    fig, axes = new_figure(len(panels), size=(5.5, 4))
+    for ax, ((dataset, model, precision, device), part) in zip(axes, panels):
+        for norm, rows in part.groupby("norm"):
+            rows = rows.sort_values("batch_size")
+            ax.plot(rows["batch_size"], rows["normbench_samples_per_s"], marker="o", color=colour(norm),
+                    label=f"normbench, {norm}")
+            ax.plot(rows["batch_size"], rows["plain_samples_per_s"], marker="s", linestyle="--", color=colour(norm),
+                    label=f"plain loop, {norm}")
+            for x, y, ratio in zip(rows["batch_size"], rows["normbench_samples_per_s"], rows["ratio"]):
+                ax.annotate(f"{ratio:.2f}x", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        batch_size_axis(ax, part["batch_size"].unique(), "batch size")
+        finish_axes(ax, f"normbench vs plain PyTorch loop\n{dataset} / {model}, {precision}, {device}",
+                    ylabel="training throughput (samples/s)")
+    return save(fig, path)
+
+
 def bench_section(csv_paths: list[Path], out: Path) -> tuple[list[Path], list[str]]:
     """Samples/s of normbench vs the plain loop by batch size, one panel per (dataset, model, precision, device)."""
     frames = [pd.read_csv(p) for p in csv_paths]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return [], []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bench = pd.concat(frames, ignore_index=True)
     # The newest measurement of each point wins (bench CSVs accumulate over time).
     keys = ["device", "precision", "dataset", "model", "norm", "batch_size"]
     bench = bench.sort_values("timestamp").drop_duplicates(keys, keep="last")
-    panels = list(bench.groupby(["dataset", "model", "precision", "device"], sort=True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, ((dataset, model, precision, device), part) in zip(axes[0], panels):
-        for norm, rows in part.groupby("norm"):
-            rows = rows.sort_values("batch_size")
-            line = ax.plot(rows["batch_size"], rows["normbench_samples_per_s"], marker="o", label=f"normbench, {norm}")
-            ax.plot(rows["batch_size"], rows["plain_samples_per_s"], marker="s", linestyle="--",
-                    color=line[0].get_color(), label=f"plain loop, {norm}")
-            for x, y, ratio in zip(rows["batch_size"], rows["normbench_samples_per_s"], rows["ratio"]):
-                ax.annotate(f"{ratio:.2f}x", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(part["batch_size"].unique()), [str(b) for b in sorted(part["batch_size"].unique())])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("training throughput (samples/s)")
-        ax.set_title(f"normbench vs plain PyTorch loop\n{dataset} / {model}, {precision}, {device}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / "bench_throughput.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    png = bench_figure(bench, out / "bench_throughput.png")
     table = bench[["dataset", "device", "precision", "norm", "batch_size", "normbench_samples_per_s", "plain_samples_per_s", "ratio"]]
     md = ["## Benchmark: normbench vs the plain PyTorch loop", "",
           f"From {len(csv_paths)} `normbench bench` CSV(s); medians of alternating repeats (newest run of each point).", "",

@@ -1,4 +1,4 @@
-"""The report's four figures, drawn with matplotlib's object API (no pyplot state, no display).
+"""The report's four batch-size figures, in the report's one style (style.py).
 
 Each function takes one (dataset, model) slice of the run and summary tables and writes one PNG.
 A "series" is one norm plus any other varying config keys; its colour is fixed by the norm.
@@ -6,29 +6,14 @@ A "series" is one norm plus any other varying config keys; its colour is fixed b
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from normbench.norms import NORMS
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-STYLES = ("-", "--", ":", "-.")
-
-
-def norm_order(names) -> list[str]:
-    """Norm names in registry order, unknown ones after, alphabetically."""
-    known = [n for n in NORMS if n in set(names)]
-    return known + sorted(set(names) - set(known))
-
-
-def colour(norm: str) -> str:
-    """A fixed colour per norm, the same in every figure."""
-    order = list(NORMS) + [norm]
-    return PALETTE[order.index(norm) % len(PALETTE)]
+from normbench.report.style import (
+    LINE_STYLES, PANEL_SIZE, batch_size_axis, colour, finish_axes, new_figure, norm_order, save,
+)
 
 
 def series_label(row, extra: list[str]) -> str:
@@ -45,34 +30,17 @@ def _series(frame: pd.DataFrame, extra: list[str]) -> list[tuple[str, str, str, 
     groups = {k if isinstance(k, tuple) else (k,): g for k, g in frame.groupby(keys, sort=False, dropna=False)}
     for norm in norm_order(frame["norm"].unique()):
         for key in sorted(k for k in groups if k[0] == norm):
-            style = STYLES[variants.setdefault(key[1:], len(variants)) % len(STYLES)]
+            style = LINE_STYLES[variants.setdefault(key[1:], len(variants)) % len(LINE_STYLES)]
             rows = groups[key]
             out.append((series_label(rows.iloc[0], extra), colour(norm), style, rows))
     return out
-
-
-def _batch_axis(ax, batch_sizes) -> None:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(batch_sizes))
-    ax.set_xticklabels([str(b) for b in sorted(batch_sizes)])
-    ax.minorticks_off()
-    ax.set_xlabel("batch size (samples per step, log2 scale)")
-    ax.grid(True, alpha=0.3)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, extra: list[str], title: str, path: Path) -> Path:
     """Training loss vs samples seen: a panel per batch size, a line per series (seed mean, min-max band)."""
     done = runs[runs["status"] == "completed"]
     batch_sizes = sorted(done["batch_size"].unique())
-    ncols = min(3, max(1, len(batch_sizes)))
-    nrows = math.ceil(len(batch_sizes) / ncols) or 1
-    fig = Figure(figsize=(5.2 * ncols, 3.9 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = new_figure(max(1, len(batch_sizes)), columns=3, size=PANEL_SIZE)
     for ax, batch_size in zip(axes, batch_sizes):
         window = 1
         for label, col, style, rows in _series(done[done["batch_size"] == batch_size], extra):
@@ -85,15 +53,10 @@ def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, extra: list[str], titl
             ax.plot(x, smooth.mean(axis=1), color=col, linestyle=style, label=f"{label} (n={table.shape[1]})")
             if table.shape[1] > 1:
                 ax.fill_between(x, smooth.min(axis=1), smooth.max(axis=1), color=col, alpha=0.18, linewidth=0)
-        ax.set_title(f"batch size {batch_size} (running mean of {window} log rows)", fontsize=10)
-        ax.set_xlabel("training samples seen")
-        ax.set_ylabel("training loss (cross-entropy, nats)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes[len(batch_sizes):]:
-        ax.set_visible(False)
+        finish_axes(ax, f"batch size {batch_size} (running mean of {window} log rows)", "training samples seen",
+                    "training loss (cross-entropy, nats)")
     fig.suptitle(f"Training loss vs samples seen: {title} (line: seed mean, band: min-max over seeds)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _not_averaged_marks(ax, summary: pd.DataFrame, col: str) -> bool:
@@ -107,55 +70,58 @@ def _not_averaged_marks(ax, summary: pd.DataFrame, col: str) -> bool:
     return True
 
 
+def _batch_size_figure(summary: pd.DataFrame, draw, ylabel: str, path: Path) -> Path:
+    """One panel over batch size: `draw(ax)` plots the series and returns the panel's title."""
+    fig, (ax,) = new_figure()
+    title = draw(ax)
+    batch_size_axis(ax, summary["batch_size"].unique())
+    finish_axes(ax, title, ylabel=ylabel)
+    return save(fig, path)
+
+
 def test_error(summary: pd.DataFrame, extra: list[str], title: str, path: Path) -> Path:
     """Test error (%) vs batch size per series, with seed std error bars (the GN paper's Figure 1)."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
-    marked = False
-    for label, col, style, rows in _series(summary, extra):
-        ok = rows[rows["n_seeds"] > 0]
-        ax.errorbar(ok["batch_size"], ok["test_error_pct_mean"], yerr=ok["test_error_pct_std"].fillna(0), color=col,
-                    linestyle=style, marker="o", capsize=3, label=label)
-        marked |= _not_averaged_marks(ax, rows, col)
-    _batch_axis(ax, summary["batch_size"].unique())
-    ax.set_ylabel("test error (%) after the training budget")
-    note = "; x at top: a run diverged or failed (not averaged)" if marked else ""
-    ax.set_title(f"Test error vs batch size: {title}\n(mean over seeds, bars: std over seeds{note})", fontsize=10)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+
+    def draw(ax) -> str:
+        marked = False
+        for label, col, style, rows in _series(summary, extra):
+            ok = rows[rows["n_seeds"] > 0]
+            ax.errorbar(ok["batch_size"], ok["test_error_pct_mean"], yerr=ok["test_error_pct_std"].fillna(0),
+                        color=col, linestyle=style, marker="o", capsize=3, label=label)
+            marked |= _not_averaged_marks(ax, rows, col)
+        note = "; x at top: a run diverged or failed (not averaged)" if marked else ""
+        return f"Test error vs batch size: {title}\n(mean over seeds, bars: std over seeds{note})"
+
+    return _batch_size_figure(summary, draw, "test error (%) after the training budget", path)
 
 
 def throughput(summary: pd.DataFrame, extra: list[str], title: str, path: Path) -> Path:
     """Training throughput (samples/s) vs batch size per series, and per device when several appear."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
     devices = sorted(summary["device"].unique())
-    for i, device in enumerate(devices):
-        for label, col, style, rows in _series(summary[summary["device"] == device], extra):
-            ok = rows[rows["n_seeds"] > 0]
-            name = f"{label} on {device}" if len(devices) > 1 else label
-            ax.plot(ok["batch_size"], ok["samples_per_s_mean"], color=col, linestyle=STYLES[i % len(STYLES)] if len(devices) > 1 else style,
-                    marker="o", label=name)
-    _batch_axis(ax, summary["batch_size"].unique())
-    ax.set_yscale("log")
-    ax.set_ylabel("training throughput (samples/s, log scale)")
-    where = devices[0] if len(devices) == 1 else f"{len(devices)} devices"
-    ax.set_title(f"Training throughput vs batch size: {title}\n(on {where}; mean over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+
+    def draw(ax) -> str:
+        for i, device in enumerate(devices):
+            for label, col, style, rows in _series(summary[summary["device"] == device], extra):
+                ok = rows[rows["n_seeds"] > 0]
+                if len(devices) > 1:
+                    label, style = f"{label} on {device}", LINE_STYLES[i % len(LINE_STYLES)]
+                ax.plot(ok["batch_size"], ok["samples_per_s_mean"], color=col, linestyle=style, marker="o", label=label)
+        ax.set_yscale("log")
+        where = devices[0] if len(devices) == 1 else f"{len(devices)} devices"
+        return f"Training throughput vs batch size: {title}\n(on {where}; mean over seeds)"
+
+    return _batch_size_figure(summary, draw, "training throughput (samples/s, log scale)", path)
 
 
 def accuracy_gap(summary: pd.DataFrame, extra: list[str], title: str, path: Path) -> Path:
     """Train minus test accuracy (percentage points) vs batch size per series."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
-    for label, col, style, rows in _series(summary, extra):
-        ok = rows[rows["n_seeds"] > 0]
-        ax.plot(ok["batch_size"], ok["gap_pct_mean"], color=col, linestyle=style, marker="o", label=label)
-    ax.axhline(0, color="black", linewidth=0.8)
-    _batch_axis(ax, summary["batch_size"].unique())
-    ax.set_ylabel("train acc - test acc (percentage points)")
-    ax.set_title(f"Train-vs-test accuracy gap vs batch size: {title}\n(train acc over the last epoch's batches "
-                 "in train mode; test acc in eval mode)", fontsize=10)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+
+    def draw(ax) -> str:
+        for label, col, style, rows in _series(summary, extra):
+            ok = rows[rows["n_seeds"] > 0]
+            ax.plot(ok["batch_size"], ok["gap_pct_mean"], color=col, linestyle=style, marker="o", label=label)
+        ax.axhline(0, color="black", linewidth=0.8)
+        return (f"Train-vs-test accuracy gap vs batch size: {title}\n(train acc over the last epoch's batches "
+                "in train mode; test acc in eval mode)")
+
+    return _batch_size_figure(summary, draw, "train acc - test acc (percentage points)", path)

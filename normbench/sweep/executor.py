@@ -1,140 +1,147 @@
-"""Running sweep points: one point as a plain picklable function, and the process-pool executor.
+"""The executor interface: one polling loop (`drive`) over a backend that runs points.
 
-`run_point(task)` is all an executor needs: it trains one point into its run directory and
-returns how it ended. `execute` runs a list of points in this process or in N spawned workers.
+A backend starts points (`submit`), says which have ended (`wait`), turns an ended point into a
+PointResult (`result`), hands over the progress events that arrived (`events`), stops the points
+in flight on Ctrl-C (`cancel`) and releases its workers (`close`). `drive` does the rest for every
+backend alike: events to the view, each result to the view and index.csv, Ctrl-C handling.
+
+The local backends live here: `InProcess` (one point after another in this process) and
+`ProcessPool` (N spawned worker processes); the Ray backend is in ray_executor.py.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
-import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from normbench import results
-from normbench.config import Config, to_dict, validate
-from normbench.errors import EXIT_INTERRUPTED, NormbenchError
-from normbench.train.progress import Reporter
+from normbench.errors import EXIT_INTERRUPTED
+from normbench.sweep.point import WORKER_CACHE, PointResult, PointTask, run_guarded
 
-
-# --- running one point: a plain top-level function any executor (process pool, Ray) can call --
+POLL_S = 0.2  # how often the loop looks for ended points and progress events
 
 
-@dataclass(frozen=True)
-class PointTask:
-    """Everything needed to run one point; plain data, so it pickles to any worker."""
+class Backend(Protocol):
+    """What `drive` needs from a way of running points."""
 
-    point_id: str
-    config: dict  # the resolved config (config.to_dict)
-    run_path: str
-    data_dir: str | None = None
-    sweep_info: dict = field(default_factory=dict)  # recorded under "sweep" in meta.json
+    grace_s: float | None  # after `cancel`, how long to wait for points in flight (None: until they end)
 
+    def submit(self, task: PointTask) -> Any:
+        """Start (or queue) one point; a hashable handle to it."""
 
-@dataclass(frozen=True)
-class PointResult:
-    """How one point ended."""
+    def wait(self, handles: list, timeout: float) -> tuple[list, list]:
+        """(ended, not ended) among `handles`, after at most `timeout` seconds."""
 
-    point_id: str
-    status: str
-    reason: str = ""
-    wall_s: float = 0.0
+    def result(self, handle, task: PointTask) -> PointResult:
+        """How an ended point ended (a lost worker is a failed point, recorded in its run directory)."""
 
+    def events(self) -> list:
+        """The (point_id, kind, payload) progress events that arrived since the last call."""
 
-def _load_data(cfg: Config, data_dir: str | None, cache: dict | None):
-    """The point's tensors, loaded once per dataset (and synthetic seed) per process."""
-    from normbench.data import load_dataset
-    from normbench.runtime import resolve_device
+    def cancel(self, handles: list) -> None:
+        """Ctrl-C: stop the points in flight (they record themselves as interrupted); start no more."""
 
-    device = resolve_device(cfg.device)
-    seed = cfg.seed if cfg.dataset.name == "synthetic" else None  # real datasets do not depend on it
-    key = (repr(to_dict(cfg)["dataset"]), seed, str(device), data_dir)
-    if cache is not None and key in cache:
-        return cache[key]
-    data = load_dataset(cfg.dataset, seed=cfg.seed, device=device, data_dir=data_dir)
-    if cache is not None:
-        while len(cache) >= 2:  # a few hundred MB each: keep the latest two
-            cache.pop(next(iter(cache)))
-        cache[key] = data
-    return data
+    def close(self) -> None:
+        """Release the workers."""
 
 
-def record_early_failure(path: Path, reason: str, text: str) -> None:
-    """A point that failed before training began still gets a run directory saying why."""
-    results.prepare_run_path(path, replace_incomplete=True)
-    path.mkdir(parents=True)
-    (path / results.ERROR_FILE).write_text(text, encoding="utf-8")
-    now = results.now_iso()
-    results.write_json_atomic(path / results.META_FILE, {
-        "status": "failed", "reason": reason, "error_log": results.ERROR_FILE, "start_time": now, "end_time": now,
-    })
+def forward(backend: Backend, view) -> None:
+    """Hand every progress event that arrived to the view."""
+    for event in backend.events():
+        view.handle(event)
 
 
-def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dict | None = None) -> PointResult:
-    """Train one point into `task.run_path` (clearing an incomplete run there); never raises for a
-    failing point (its status and reason come back and are in meta.json), except on Ctrl-C."""
-    from normbench.train.runner import run
+def settle(backend: Backend, handles: list, view) -> None:
+    """After a cancel: wait (up to the backend's grace) for the points in flight to record themselves."""
+    deadline = None if backend.grace_s is None else time.monotonic() + backend.grace_s
+    pending = list(handles)
+    while pending and (deadline is None or time.monotonic() < deadline):
+        pending = backend.wait(pending, POLL_S)[1]
+        forward(backend, view)
+    forward(backend, view)
 
-    start = time.perf_counter()
-    path = Path(task.run_path)
+
+def drive(backend: Backend, sweep, tasks: list[PointTask], view) -> None:
+    """Run `tasks` on `backend`, rewriting the sweep's index after each point ends; Ctrl-C (or a
+    point interrupted by a signal) stops the sweep, the points in flight recorded as interrupted."""
+    handles: dict = {}
     try:
-        cfg = validate(task.config, task.point_id)
-        data = _load_data(cfg, task.data_dir, data_cache)
-        outcome = run(cfg, path.parent, run_path=path, replace_incomplete=True, reporter=reporter, data=data)
-        status, reason = outcome.status, outcome.reason
+        for task in tasks:
+            handles[backend.submit(task)] = task
+            view.handle((task.point_id, "queued", {}))
+        pending = list(handles)
+        while pending:
+            done, pending = backend.wait(pending, POLL_S)
+            forward(backend, view)
+            for handle in done:
+                result = backend.result(handle, handles[handle])
+                view.point_done(result)
+                sweep.write_index()
+                if result.status == "interrupted":
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
+        backend.cancel(list(handles))
+        settle(backend, list(handles), view)
+        sweep.write_index()
         raise
-    except Exception as exc:  # e.g. data missing: recorded for this point, the sweep goes on
-        reason = exc.message if isinstance(exc, NormbenchError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        # train.run raises only before it has made the run directory: record this attempt there
-        if (results.read_meta(path) or {}).get("status") != "completed":
-            record_early_failure(path, reason, traceback.format_exc())
-        status = "failed"
-    wall_s = time.perf_counter() - start
-    meta = results.read_meta(path)
-    if meta is not None:
-        meta["sweep"] = {**task.sweep_info, "point": task.point_id, "wall_s": wall_s}
-        results.write_json_atomic(path / results.META_FILE, meta)
-    if status == "interrupted":
-        raise KeyboardInterrupt
-    return PointResult(task.point_id, status, reason, wall_s)
+    finally:
+        backend.close()
 
 
-class EventReporter(Reporter):
-    """Forwards a run's progress as (point_id, kind, payload) events; step counts are batched."""
-
-    def __init__(self, point_id: str, send, every_s: float = 0.25):
-        self.point_id, self.send, self.every_s = point_id, send, every_s
-        self._steps, self._last = 0, 0.0
-
-    def start(self, name, total_steps, epochs):
-        self.send((self.point_id, "start", {"total": total_steps, "epochs": epochs, "pid": os.getpid()}))
-
-    def advance(self, steps=1):
-        self._steps += steps
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self.send((self.point_id, "advance", self._steps))
-            self._steps, self._last = 0, now
-
-    def log(self, epoch, loss, samples_per_s):
-        self.send((self.point_id, "log", {"epoch": epoch, "loss": loss, "speed": samples_per_s}))
-
-    def finish(self):
-        if self._steps:
-            self.send((self.point_id, "advance", self._steps))
-            self._steps = 0
+# --- in this process ----------------------------------------------------------------------------
 
 
-# --- worker processes ----------------------------------------------------------------------
+class InProcess:
+    """Points one after another in this process; progress goes straight to `send` (the view)."""
 
-_WORKER: dict = {}  # per worker process: its event queue and data cache (set by _init_worker)
+    grace_s = 0.0
+
+    def __init__(self, send):
+        self.send, self.cache = send, {}
+        self.tasks: dict[int, PointTask] = {}
+        self.results: dict[int, PointResult] = {}
+        self.cancelled = False
+
+    def submit(self, task: PointTask) -> int:
+        """Queue a point; its number is the handle."""
+        self.tasks[len(self.tasks)] = task
+        return len(self.tasks) - 1
+
+    def wait(self, handles: list, timeout: float) -> tuple[list, list]:
+        """Run the first pending point to its end (none after a cancel)."""
+        if self.cancelled or not handles:
+            return list(handles), []
+        first = handles[0]
+        self.results[first] = run_guarded(self.tasks[first], self.send, self.cache)
+        return [first], list(handles[1:])
+
+    def result(self, handle: int, task: PointTask) -> PointResult:
+        """How the point ended."""
+        return self.results.pop(handle)
+
+    def events(self) -> list:
+        """None: progress went straight to the view."""
+        return []
+
+    def cancel(self, handles: list) -> None:
+        """Run no more points (the one running was interrupted by the same Ctrl-C)."""
+        self.cancelled = True
+
+    def close(self) -> None:
+        """Drop the loaded datasets."""
+        self.cache.clear()
 
 
-def _exit_with_parent(parent_pid: int) -> None:
+# --- in spawned worker processes ----------------------------------------------------------------
+
+WORKER_STATE: dict = {"busy": False, "events": None, "stop": None}  # per worker process, set by init_worker
+
+
+def exit_with_parent(parent_pid: int) -> None:
     """A worker must not outlive a killed sweep (it would write into a run being redone)."""
     while True:
         if os.getppid() != parent_pid:
@@ -142,103 +149,133 @@ def _exit_with_parent(parent_pid: int) -> None:
         time.sleep(0.25)
 
 
-def _sigterm(signum, frame):
-    if _WORKER.get("busy"):
-        raise KeyboardInterrupt  # train.run records the run as interrupted
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM from the sweep: interrupt the point running (it records itself), or just exit."""
+    if WORKER_STATE["busy"]:
+        raise KeyboardInterrupt
     os._exit(EXIT_INTERRUPTED)
 
 
-def _init_worker(events, parent_pid: int) -> None:
-    import signal
+def init_worker(events, stop, parent_pid: int) -> None:
+    """Set up a worker process: Ctrl-C is the sweep's to handle; it sends SIGTERM instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    WORKER_STATE.update(events=events, stop=stop, busy=False)
+    threading.Thread(target=exit_with_parent, args=(parent_pid,), daemon=True).start()
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle; it sends SIGTERM
-    signal.signal(signal.SIGTERM, _sigterm)
-    _WORKER.update(events=events, cache={}, busy=False)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
-
-def _worker_run(task: PointTask) -> PointResult:
-    _WORKER["busy"] = True
+def worker_run(task: PointTask) -> PointResult:
+    """In a worker process: unless the sweep is stopping, say which process runs the point, then
+    run it, progress into the sweep's event queue."""
+    WORKER_STATE["busy"] = True
     try:
-        return run_point(task, EventReporter(task.point_id, _WORKER["events"].put), _WORKER["cache"])
-    except KeyboardInterrupt:
-        return PointResult(task.point_id, "interrupted", "interrupted")
+        if WORKER_STATE["stop"].is_set():
+            return PointResult(task.point_id, "interrupted", "the sweep was stopping; not started")
+        WORKER_STATE["events"].put((task.point_id, "worker", os.getpid()))
+        return run_guarded(task, WORKER_STATE["events"].put, WORKER_CACHE)
     finally:
-        _WORKER["busy"] = False
+        WORKER_STATE["busy"] = False
 
 
-def execute(sweep, todo: list, jobs: int, view, data_dir=None) -> None:
-    """Run the points `todo` of `sweep` (sweep.Point, sweep.Sweep) in `jobs` processes (in this one
-    for jobs=1), rewriting the index after each; Ctrl-C stops the sweep, runs in flight recorded as interrupted."""
-    tasks = [sweep.task(p, data_dir) for p in todo]
-    if not tasks:
-        return
-    if jobs == 1:
-        cache: dict = {}
-        for task in tasks:
-            view.handle((task.point_id, "queued", {}))
-            try:
-                result = run_point(task, EventReporter(task.point_id, view.handle), cache)
-            except KeyboardInterrupt:
-                view.point_done(PointResult(task.point_id, "interrupted", "interrupted"))
-                sweep.write_index()
-                raise
-            view.point_done(result)
-            sweep.write_index()
-        return
-    _execute_pool(sweep, tasks, min(jobs, len(tasks)), view)
+class ProcessPool:
+    """Points in `jobs` spawned worker processes on this machine."""
 
+    grace_s = None  # SIGTERM makes a point record itself promptly: wait for every one
 
-def _execute_pool(sweep, tasks: list[PointTask], jobs: int, view) -> None:
-    import multiprocessing
-    import queue as queue_module
-    import signal
+    def __init__(self, jobs: int):
+        import multiprocessing
 
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
-    busy_pids: dict[str, int] = {}
+        # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+        context = multiprocessing.get_context("spawn")
+        self.queue, self.stop = context.Queue(), context.Event()
+        self.pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=init_worker,
+                                        initargs=(self.queue, self.stop, os.getpid()))
+        self.workers: dict[str, int] = {}  # point id -> the worker process that took it
+        self.signalled: set[str] = set()
+        self.arrived: list = []
 
-    def drain() -> None:
+    def submit(self, task: PointTask):
+        """Queue a point for the pool; its future is the handle."""
+        return self.pool.submit(worker_run, task)
+
+    def wait(self, handles: list, timeout: float) -> tuple[list, list]:
+        """The futures that ended within `timeout`, and the others."""
+        done, pending = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done), list(pending)
+
+    def result(self, handle, task: PointTask) -> PointResult:
+        """The worker's result; a worker process that died makes the point failed."""
+        self.workers.pop(task.point_id, None)
+        try:
+            return handle.result()
+        except Exception as exc:  # the worker process died (e.g. killed for memory)
+            return PointResult(task.point_id, "failed", f"worker process died: {type(exc).__name__}: {exc}")
+
+    def collect(self) -> None:
+        """Move the queued events here, noting which worker took which point; once stopping,
+        SIGTERM each worker seen with a point."""
+        import queue
+
         while True:
             try:
-                event = events.get_nowait()
-            except queue_module.Empty:
-                return
-            if event[1] == "start":
-                busy_pids[event[0]] = event[2]["pid"]
-            view.handle(event)
+                event = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if event[1] == "worker":
+                self.workers[event[0]] = event[2]
+            else:
+                self.arrived.append(event)
+        if self.stop.is_set():
+            for point_id, pid in self.workers.items():
+                if point_id not in self.signalled:
+                    self.signalled.add(point_id)
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except OSError:
+                        pass
 
-    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(events, os.getpid()))
+    def events(self) -> list:
+        """The progress events that arrived since the last call."""
+        self.collect()
+        arrived, self.arrived = self.arrived, []
+        return arrived
+
+    def cancel(self, handles: list) -> None:
+        """Start no more points; SIGTERM the workers running one (each records itself interrupted)."""
+        self.stop.set()
+        for future in handles:
+            future.cancel()
+        self.collect()
+
+    def close(self) -> None:
+        """Wait for the workers to exit, then close the event queue."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.queue.close()
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
     try:
-        futures = {pool.submit(_worker_run, task): task for task in tasks}
-        for task in tasks:
-            view.handle((task.point_id, "queued", {}))
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            drain()
-            for future in done:
-                task = futures[future]
-                busy_pids.pop(task.point_id, None)
-                try:
-                    result = future.result()
-                except Exception as exc:  # the worker process died (e.g. killed for memory)
-                    result = PointResult(task.point_id, "failed", f"worker process died: {type(exc).__name__}: {exc}")
-                view.point_done(result)
-                sweep.write_index()
-                if result.status == "interrupted":
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        for pid in busy_pids.values():  # the runs in flight record themselves as interrupted
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-        pool.shutdown(wait=True, cancel_futures=True)
-        drain()
-        sweep.write_index()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        events.close()
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """Points on this machine: in this process (jobs=1) or in `jobs` worker processes."""
+
+    jobs: int
+    threads: int  # torch threads per point
+
+    def workers(self, todo: int) -> int:
+        """How many points run at once for `todo` points."""
+        return min(self.jobs, max(todo, 1))
+
+    def execute(self, sweep, todo: list, view, data_dir=None) -> None:
+        """Run the points `todo` of `sweep` (sweep.Point, sweep.Sweep)."""
+        tasks = [sweep.task(p, data_dir) for p in todo]
+        if not tasks:
+            return
+        jobs = self.workers(len(tasks))
+        drive(InProcess(view.handle) if jobs == 1 else ProcessPool(jobs), sweep, tasks, view)

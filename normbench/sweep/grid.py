@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from normbench.config import Config, apply_overrides, to_dict, validate
 from normbench.errors import ConfigError, NormbenchError
+from normbench.values import parse_assignment, parse_list
 
 LR_SCALINGS = ("none", "linear", "sqrt")
 # Short names for the keys every study sweeps; any other key keeps its dotted path in the id.
@@ -44,37 +44,6 @@ class Point:
     info: dict = field(default_factory=dict)  # lr_scaling facts recorded with the run
 
 
-def parse_values(text: str, option: str) -> tuple:
-    """`2,8,64` -> (2, 8, 64); each item is parsed as YAML so numbers, null and booleans keep their type."""
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(item == "" for item in items):
-        raise ConfigError(f"{option} '{text}': expected a comma-separated list of values, e.g. {option} 2,8,64")
-    values = []
-    for item in items:
-        try:
-            value = yaml.safe_load(item)
-        except yaml.YAMLError:
-            value = item
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a learning rate list needs it as a number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        values.append(value)
-    if len(set(map(repr, values))) != len(values):
-        raise ConfigError(f"{option} '{text}': a value appears twice; list each value once")
-    return tuple(values)
-
-
-def parse_ints(text: str, option: str, minimum: int) -> tuple[int, ...]:
-    """A comma-separated list of integers >= minimum, or a one-line ConfigError."""
-    values = parse_values(text, option)
-    bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < minimum]
-    if bad:
-        raise ConfigError(f"{option} '{text}': every value must be an integer >= {minimum} (bad: {', '.join(map(str, bad))})")
-    return values
-
-
 def check_key(key: str) -> None:
     """Raise ConfigError unless `key` is a dotted path to a config option."""
     model: type[BaseModel] = Config
@@ -95,15 +64,12 @@ def check_key(key: str) -> None:
 
 
 def parse_grid(texts: list[str]) -> list[Axis]:
-    """`--grid KEY=v1,v2` options -> axes; each key must be a config option."""
+    """`--grid KEY=v1,v2` options -> axes; each key must be a config option, values as values.parse_list reads them."""
     axes = []
     for text in texts:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--grid '{text}': expected KEY=v1,v2, e.g. --grid optimizer.lr=0.1,0.01")
+        key, raw = parse_assignment(text, "--grid", "KEY=v1,v2", "--grid optimizer.lr=0.1,0.01")
         check_key(key)
-        axes.append(Axis(key, parse_values(raw, f"--grid {key}=")))
+        axes.append(Axis(key, parse_list(raw, f"--grid {key}=", f"--grid {key}=v1,v2")))
     return axes
 
 

@@ -22,8 +22,9 @@ import yaml
 from normbench import results
 from normbench.config import Config, to_dict
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
-from normbench.sweep.executor import PointTask, execute
+from normbench.sweep.executor import LocalPlan, cpu_cores
 from normbench.sweep.grid import Axis, Point, spec_digest
+from normbench.sweep.point import PointTask
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "test_acc", "samples_per_s", "wall_s")
@@ -33,14 +34,6 @@ DEFAULT_BASE = Path(__file__).resolve().parents[1] / "configs" / "sweep_base.yam
 def index_columns(axes: list[Axis]) -> tuple[str, ...]:
     """index.csv columns: the point id, one column per grid key, then INDEX_TAIL."""
     return ("point", *(a.key for a in axes), *INDEX_TAIL)
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def plan_workers(base: Config, jobs: int | None, device_type: str, cores: int) -> tuple[int, int]:
@@ -57,6 +50,22 @@ def plan_workers(base: Config, jobs: int | None, device_type: str, cores: int) -
     if device_type == "cpu" and jobs * threads > cores:
         raise ConfigError(f"--jobs {jobs} x num_threads {threads} exceeds the {cores} CPU cores; lower --jobs or num_threads")
     return jobs, threads
+
+
+def plan_executor(base: Config, executor: str, jobs: int | None, ray_address: str | None, ray_retries: int):
+    """The executor's plan (LocalPlan or ray_executor.RayPlan) after checking its options."""
+    from normbench.runtime import resolve_device
+
+    if executor == "ray":  # Ray decides how many points run at once, from each point's CPUs and GPUs
+        from normbench.sweep.ray_executor import plan_ray
+
+        return plan_ray(base, jobs, ray_address, ray_retries)
+    if executor != "local":
+        raise ConfigError(f"--executor {executor}: valid values are local, ray")
+    if ray_address:
+        raise ConfigError("--ray-address needs --executor ray")
+    device = resolve_device(base.device)  # an unavailable device is a sweep-level error
+    return LocalPlan(*plan_workers(base, jobs, device.type, cpu_cores()))
 
 
 def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[bool, str]:
@@ -231,21 +240,9 @@ def run_sweep(
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
     from normbench.sweep.grid import expand
     from normbench.sweep.view import SweepProgress, plan_table, summary_table
-    from normbench.runtime import resolve_device
 
-    if executor == "ray":  # Ray decides how many points run at once, from each point's CPUs and GPUs
-        from normbench.sweep.ray_executor import plan_ray
-
-        ray_plan = plan_ray(base, jobs, ray_address, ray_retries)
-        threads = ray_plan.threads
-    elif executor == "local":
-        if ray_address:
-            raise ConfigError("--ray-address needs --executor ray")
-        device = resolve_device(base.device)  # an unavailable device is a sweep-level error
-        jobs, threads = plan_workers(base, jobs, device.type, cpu_cores())
-    else:
-        raise ConfigError(f"--executor {executor}: valid values are local, ray")
-    points = expand(base, axes, lr_scaling, threads)
+    plan = plan_executor(base, executor, jobs, ray_address, ray_retries)
+    points = expand(base, axes, lr_scaling, plan.threads)
     if all(p.invalid for p in points):
         raise ConfigError(f"every point of the grid is invalid, e.g. {points[0].point_id}: {points[0].invalid}")
     name = name or f"{base.name}-{spec_digest(base, axes, lr_scaling)}"
@@ -254,8 +251,7 @@ def run_sweep(
     sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
     states = sweep.states(retry_diverged)
     todo = [p for p, runs, _ in states if runs]
-    workers = ray_plan.label if executor == "ray" else min(jobs, max(len(todo), 1))
-    console.print(plan_table(name, axes, states, budget_text(base), threads, workers))
+    console.print(plan_table(name, axes, states, budget_text(base), plan.threads, plan.workers(len(todo))))
     if dry_run:
         return EXIT_OK
     sweep.write_spec()
@@ -264,10 +260,7 @@ def run_sweep(
         console.print(f"sweep directory: {sweep.path}", highlight=False, soft_wrap=True)
         runnable = len(points) - sum(1 for p in points if p.invalid)
         with SweepProgress(console, total=runnable, done=runnable - len(todo)) as view:
-            if executor == "ray":
-                ray_plan.execute(sweep, todo, view, data_dir)
-            else:
-                execute(sweep, todo, jobs, view, data_dir)
+            plan.execute(sweep, todo, view, data_dir)
         rows = sweep.write_index()
     console.print(summary_table(name, axes, rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}

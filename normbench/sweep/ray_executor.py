@@ -1,24 +1,24 @@
 """Running sweep points as Ray tasks, on a local Ray instance or a running cluster.
 
-Each point is one `ray.remote` task calling `executor.run_point`, which writes the point's run
+Each point is one `ray.remote` task calling `point.run_guarded`, which writes the point's run
 directory itself: the results directory must be reachable from every worker (the same
 filesystem on a local instance; a shared filesystem on a cluster). A worker that dies mid-point
 (killed, out of memory, node lost) makes Ray rerun the task up to `max_retries` times; after
 that the point is recorded as failed in its run directory and index.csv, never lost. Progress
-events travel back through a Ray queue to the same view the local executor drives.
+events travel back through a Ray queue; `executor.drive` runs the same polling loop as for the
+local backends.
 """
 
 from __future__ import annotations
 
-import os
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from normbench import results
 from normbench.errors import EXIT_USAGE, ConfigError, NormbenchError
-from normbench.sweep.executor import EventReporter, PointResult, PointTask, record_early_failure, run_point
+from normbench.sweep.executor import cpu_cores, drive
+from normbench.sweep.point import WORKER_CACHE, PointResult, PointTask, record_early_failure, run_guarded
 
 INSTALL_HINT = "ray is not installed; pip install 'normbench[ray]'"
 TASK_NAME = "normbench_point"  # the busy worker's process title is ray::normbench_point
@@ -41,7 +41,10 @@ class RayPlan:
     threads: int  # torch threads per point = CPUs Ray reserves for it
     gpus: float  # GPUs Ray reserves per point
     max_retries: int  # reruns of a point whose worker died
-    label: str = "Ray"
+
+    def workers(self, todo: int) -> str:
+        """How many points run at once: as many as the cluster's CPUs and GPUs allow."""
+        return "Ray"
 
     def execute(self, sweep, todo: list, view, data_dir=None) -> None:
         """Run the points `todo` of `sweep` under this plan."""
@@ -72,15 +75,8 @@ def plan_ray(base, jobs: int | None, address: str | None, max_retries: int) -> R
     return RayPlan(address, base.num_threads or 1, gpus, max_retries)
 
 
-def _point_task(task: PointTask, events) -> PointResult:
+def ray_point(task: PointTask, events) -> PointResult:
     """Body of the Ray task: run one point, forwarding progress into the Ray queue `events`."""
-    import ray
-
-    worker = ray._private.worker.global_worker
-    # one data cache per Ray worker process, which Ray reuses across tasks
-    cache = getattr(worker, "_normbench_data_cache", None)
-    if cache is None:
-        cache = worker._normbench_data_cache = {}
 
     def send(event) -> None:
         try:
@@ -88,10 +84,8 @@ def _point_task(task: PointTask, events) -> PointResult:
         except Exception:  # a full or gone queue costs a progress update, never the point
             pass
 
-    try:
-        return run_point(task, EventReporter(task.point_id, send), cache)
-    except KeyboardInterrupt:  # ray.cancel on Ctrl-C: train.run has recorded the run as interrupted
-        return PointResult(task.point_id, "interrupted", "interrupted")
+    # WORKER_CACHE: one data cache per Ray worker process, which Ray reuses across tasks
+    return run_guarded(task, send, WORKER_CACHE)
 
 
 def record_lost_worker(task: PointTask, reason: str) -> None:
@@ -138,11 +132,59 @@ def connect(ray, address: str | None, num_cpus: int) -> bool:
     return True
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+class RayBackend:
+    """Points as Ray tasks; progress events come back through a Ray queue."""
+
+    grace_s = 10.0  # after ray.cancel, how long to wait for the points to record themselves
+
+    def __init__(self, ray, cpus_per_point: float, gpus_per_point: float, max_retries: int):
+        from ray.util.queue import Queue
+
+        self.ray, self.max_retries = ray, max_retries
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.remote = ray.remote(ray_point).options(
+            name=TASK_NAME, num_cpus=cpus_per_point, num_gpus=gpus_per_point, max_retries=max_retries,
+            retry_exceptions=False,  # a point's own errors are recorded by run_point; retry only lost workers
+        )
+
+    def submit(self, task: PointTask):
+        """Submit a point as a Ray task; its object ref is the handle."""
+        return self.remote.remote(task, self.queue)
+
+    def wait(self, handles: list, timeout: float) -> tuple[list, list]:
+        """The refs that ended within `timeout` (at least one when any did), and the others."""
+        return self.ray.wait(handles, num_returns=1, timeout=timeout)
+
+    def result(self, handle, task: PointTask) -> PointResult:
+        """The task's result; a worker that died on every attempt makes the point failed, in its run directory too."""
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayError as exc:  # the worker (or its node) died on every attempt
+            reason = f"Ray worker died ({self.max_retries} retries): {type(exc).__name__}"
+            record_lost_worker(task, reason)
+            text = "".join(traceback.format_exception_only(type(exc), exc))
+            (Path(task.run_path) / "ray_error.log").write_text(text, encoding="utf-8")
+            return PointResult(task.point_id, "failed", reason)
+
+    def events(self) -> list:
+        """The events in the Ray queue."""
+        from ray.util.queue import Empty
+
+        arrived = []
+        while True:
+            try:
+                arrived.append(self.queue.get_nowait())
+            except Empty:
+                return arrived
+
+    def cancel(self, handles: list) -> None:
+        """ray.cancel every point: a KeyboardInterrupt inside the task, so the run records itself interrupted."""
+        for ref in handles:
+            self.ray.cancel(ref)
+
+    def close(self) -> None:
+        """Stop the queue's actor."""
+        self.ray.kill(self.queue.actor)
 
 
 def execute(sweep, todo: list, view, data_dir=None, *, address: str | None = None, cpus_per_point: float = 1,
@@ -150,13 +192,10 @@ def execute(sweep, todo: list, view, data_dir=None, *, address: str | None = Non
     """Run the points `todo` of `sweep` as Ray tasks, rewriting the index after each one ends;
     Ctrl-C cancels the points in flight (recorded as interrupted) and stops the sweep."""
     ray = require_ray()
-    from ray.util.queue import Empty, Queue
-
     tasks = [sweep.task(p, data_dir) for p in todo]
     if not tasks:
         return
-    owned = connect(ray, address, local_cpus or _cores())
-    events = None
+    owned = connect(ray, address, local_cpus or cpu_cores())
     try:
         cluster = ray.cluster_resources()
         view.console.print(
@@ -167,57 +206,7 @@ def execute(sweep, todo: list, view, data_dir=None, *, address: str | None = Non
             raise NormbenchError(  # Ray would wait forever for a node that fits
                 f"a point needs {cpus_per_point:g} CPU(s) and {gpus_per_point:g} GPU(s) but the Ray cluster has "
                 f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; lower num_threads, set device, or add nodes")
-        events = Queue(actor_options={"num_cpus": 0})
-        _run_tasks(ray, Empty, events, sweep, tasks, view, cpus_per_point, gpus_per_point, max_retries)
+        drive(RayBackend(ray, cpus_per_point, gpus_per_point, max_retries), sweep, tasks, view)
     finally:
-        if events is not None:
-            ray.kill(events.actor)
         if owned:
             ray.shutdown()
-
-
-def _run_tasks(ray, Empty, events, sweep, tasks, view, cpus_per_point, gpus_per_point, max_retries) -> None:
-    remote = ray.remote(_point_task).options(
-        name=TASK_NAME, num_cpus=cpus_per_point, num_gpus=gpus_per_point, max_retries=max_retries,
-        retry_exceptions=False,  # a point's own errors are recorded by run_point; retry only lost workers
-    )
-
-    def drain() -> None:
-        while True:
-            try:
-                view.handle(events.get_nowait())
-            except Empty:
-                return
-
-    refs = {}
-    try:
-        for task in tasks:
-            refs[remote.remote(task, events)] = task
-            view.handle((task.point_id, "queued", {}))
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=0.2)
-            drain()
-            for ref in done:
-                task = refs[ref]
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the worker (or its node) died on every attempt
-                    reason = f"Ray worker died ({max_retries} retries): {type(exc).__name__}"
-                    record_lost_worker(task, reason)
-                    traceback_text = "".join(traceback.format_exception_only(type(exc), exc))
-                    (Path(task.run_path) / "ray_error.log").write_text(traceback_text, encoding="utf-8")
-                    result = PointResult(task.point_id, "failed", reason)
-                view.point_done(result)
-                sweep.write_index()
-                if result.status == "interrupted":
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        for ref in refs:
-            ray.cancel(ref)  # KeyboardInterrupt inside the task: the run records itself as interrupted
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and ray.wait(list(refs), num_returns=len(refs), timeout=0.2)[1]:
-            drain()
-        drain()
-        sweep.write_index()
-        raise
