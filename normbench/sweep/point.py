@@ -73,8 +73,10 @@ def record_early_failure(path: Path, reason: str, text: str) -> None:
 
 
 def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dict | None = None) -> PointResult:
-    """Train one point into `task.run_path` (clearing an incomplete run there); never raises for a
-    failing point (its status and reason come back and are in meta.json), except on Ctrl-C."""
+    """Train one point into `task.run_path`: continue it from its checkpoint if an earlier attempt
+    left one, else start afresh (clearing an incomplete run there). Never raises for a failing
+    point (its status and reason come back and are in meta.json), except on Ctrl-C."""
+    from normbench.train.resume import can_resume, resume
     from normbench.train.runner import run
 
     start = time.perf_counter()
@@ -82,7 +84,10 @@ def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dic
     try:
         cfg = validate(task.config, task.point_id)
         data = load_data(cfg, task.data_dir, data_cache)
-        outcome = run(cfg, path.parent, run_path=path, replace_incomplete=True, reporter=reporter, data=data)
+        if can_resume(path):
+            (outcome,) = resume(path, cfg, reporter=reporter, data=data)
+        else:
+            outcome = run(cfg, path.parent, run_path=path, replace_incomplete=True, reporter=reporter, data=data)
         status, reason = outcome.status, outcome.reason
     except KeyboardInterrupt:
         raise

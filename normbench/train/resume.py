@@ -15,6 +15,7 @@ from pathlib import Path
 
 from normbench import results
 from normbench.config import Config, load_config, to_dict
+from normbench.data import TensorData
 from normbench.errors import ConfigError, NormbenchError
 from normbench.runtime import resolve_device
 from normbench.train import checkpoint
@@ -42,6 +43,15 @@ def resumable(run_dir: Path) -> tuple[dict, Path]:
         raise NormbenchError(f"run '{run_dir}' has no checkpoint to resume from (it stopped before its first one, or "
                              f"checkpoint_every is 0); start it again with: normbench run {run_dir / results.CONFIG_FILE}")
     return meta, path
+
+
+def can_resume(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run that `resume` would continue."""
+    try:
+        resumable(run_dir)
+    except NormbenchError:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -102,8 +112,9 @@ def _reopen(path: Path, position: dict, world):
 
 
 def resume(run_dir: Path | str, given: Config | None = None, data_dir: Path | str | None = None,
-           reporter: Reporter | None = None, world=None) -> list[RunOutcome]:
-    """Continue the run in `run_dir` (with all its packed seeds) from its checkpoint; one outcome per lane."""
+           reporter: Reporter | None = None, world=None, data: TensorData | None = None) -> list[RunOutcome]:
+    """Continue the run in `run_dir` (with all its packed seeds) from its checkpoint; one outcome per
+    lane. `data`: the loaded data set (else it is loaded as the run loaded it)."""
     run_dir = Path(run_dir)
     meta, path = resumable(run_dir)
     dirs = lane_dirs(run_dir, meta)
@@ -114,7 +125,7 @@ def resume(run_dir: Path | str, given: Config | None = None, data_dir: Path | st
         raise ConfigError(f"run '{run_dir}' trained over {saved_world} processes; resume it with --nproc {saved_world}")
     world = world or LocalWorld(resolve_device(configs[0].device))
     state = checkpoint.load(path)
-    datas = load_lane_data(configs, world.device, data_dir)
+    datas = [data] * len(configs) if data is not None else load_lane_data(configs, world.device, data_dir)
     lanes = [Lane(c, d, _reopen(p, state["position"], world), resumed=True) for c, d, p in zip(configs, datas, dirs)]
     if len(lanes) > 1:
         make = lambda: PackedSeeds(lanes, world.device)  # noqa: E731
