@@ -109,8 +109,12 @@ NORMS_NOTES = """\
   classifier stays plain) through `torch.nn.utils.parametrizations`; the slot itself holds an
   identity (`LayerReparam`) that says so. spectral_norm runs one power iteration per training
   forward and freezes σ in eval.
-- Schemes with a single implementation build the same module for `norm.impl: torch` and
-  `reference`. Every run's `meta.json` lists the norm layers actually built (`norm_layers`), so
+- The classic four by `norm.impl` (`torch`; `reference`, in `normbench/norms/reference.py`): batch
+  `BatchNorm2d` / `BatchNorm1d` (`AllReduceBatchNorm` with `norm.sync`); `ReferenceBatchNorm`.
+  layer `GroupNorm(1, C)` / `LayerNorm(F)`; `ReferenceGroupNorm` / `ReferenceLayerNorm`. group
+  `GroupNorm(G, C)`; `ReferenceGroupNorm`. instance `InstanceNorm2d` / `LayerNorm(F)`;
+  `ReferenceInstanceNorm2d` / `ReferenceLayerNorm`. Schemes with a single implementation build the
+  same module for `norm.impl: torch` and `reference`. Every run's `meta.json` lists the norm layers actually built (`norm_layers`), so
   substitutes and fused layers are visible in the results.
 
 ## Python API

@@ -46,6 +46,24 @@ def test_every_docs_page_the_readme_names_exists():
     assert not missing, f"README links to missing pages: {missing}"
 
 
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a markdown file (code blocks skipped)."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_anchors_in_links_exist():
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([\w./-]*?\.md)?#([\w-]+)\)", page.read_text(encoding="utf-8")):
+            linked = (page.parent / target) if target else page
+            if linked.is_file() and anchor not in anchors(linked):
+                broken.append(f"{page.name} -> {target}#{anchor}")
+    assert not broken, f"links to missing headings: {broken}"
+
+
 def test_links_between_docs_pages_resolve():
     pages = sorted((ROOT / "docs").glob("*.md"))
     missing = sorted(f"{page.name} -> {p}" for page in pages for p in linked_docs(page)
