@@ -16,15 +16,21 @@ README_MAX_CHARS = 15_000
 
 
 def test_generated_docs_are_current():
-    stale = [str(path.relative_to(ROOT)) for path in docgen.stale_files(ROOT / "docs")]
+    stale = [str(path.relative_to(ROOT)) for path in docgen.stale_files(ROOT)]
     assert not stale, f"stale generated docs {stale}: run `make docs` (python -m normbench.docgen)"
 
 
 def test_check_exits_1_and_names_a_stale_file(tmp_path, capsys):
-    assert docgen.main(["--docs-dir", str(tmp_path)]) == 0
-    assert docgen.main(["--check", "--docs-dir", str(tmp_path)]) == 0
-    (tmp_path / "norms.md").write_text("old\n", encoding="utf-8")
-    assert docgen.main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    begin, end = docgen.README_MARKERS
+    (tmp_path / "README.md").write_text(f"# intro\n{begin}\nold list\n{end}\nthe rest\n", encoding="utf-8")
+    assert docgen.main(["--check", "--root", str(tmp_path)]) == 1
+    assert docgen.main(["--root", str(tmp_path)]) == 0
+    assert docgen.main(["--check", "--root", str(tmp_path)]) == 0
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# intro\n") and readme.endswith("the rest\n") and "| `batch` |" in readme
+    (tmp_path / "docs" / "norms.md").write_text("old\n", encoding="utf-8")
+    capsys.readouterr()
+    assert docgen.main(["--check", "--root", str(tmp_path)]) == 1
     assert "norms.md" in capsys.readouterr().err
 
 
@@ -100,6 +106,8 @@ class _Spec:
 
 
 def test_a_new_norm_and_a_new_spec_field_appear_without_editing_the_generator():
-    text = docgen.render_norms({"newnorm": _Spec("newnorm", "a norm added later", False, "eps", "a field added later")})
+    registry = {"newnorm": _Spec("newnorm", "a norm added later", False, "eps", "a field added later")}
+    text = docgen.render_norms(registry)
     assert "| [`newnorm`](#newnorm) | a norm added later | no | eps |" in text
     assert "### `newnorm`" in text and "- **novelty**: a field added later" in text
+    assert "| `newnorm` | a norm added later | no |" in docgen.render_readme_norms(registry)
