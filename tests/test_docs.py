@@ -111,3 +111,16 @@ def test_a_new_norm_and_a_new_spec_field_appear_without_editing_the_generator():
     assert "| [`newnorm`](#newnorm) | a norm added later | no | eps |" in text
     assert "### `newnorm`" in text and "- **novelty**: a field added later" in text
     assert "| `newnorm` | a norm added later | no |" in docgen.render_readme_norms(registry)
+
+
+def test_results_format_names_every_column_the_code_writes():
+    from normbench.bench.harness import BENCH_COLUMNS
+    from normbench.bench.pack import PACK_COLUMNS
+    from normbench.results import EPOCH_COLUMNS, STATUSES, STEP_COLUMNS
+    from normbench.sweep.plan import INDEX_TAIL
+    from normbench.train.probe import PROBE_COLUMNS
+
+    text = (ROOT / "docs" / "results-format.md").read_text(encoding="utf-8")
+    names = {*STEP_COLUMNS, *EPOCH_COLUMNS, *PROBE_COLUMNS, *INDEX_TAIL, *BENCH_COLUMNS, *PACK_COLUMNS, *STATUSES}
+    missing = sorted(name for name in names if not re.search(rf"\b{re.escape(name)}\b", text))
+    assert not missing, f"docs/results-format.md does not name {missing}"
