@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.normbench-installed
 
-.PHONY: run test test-all data clean-venv
+.PHONY: run test test-all data docs clean-venv
 
 # The venv is rebuilt only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -23,6 +23,10 @@ run: $(STAMP) data
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest
+
+# Regenerate docs/config.md and docs/norms.md from the code (tests/test_docs.py fails when stale).
+docs: $(STAMP)
+	$(BIN)/python -m normbench.docgen
 
 # Everything, the slow end-to-end tests included (GPU tests still skip without CUDA).
 test-all: $(STAMP) data

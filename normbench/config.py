@@ -39,13 +39,15 @@ class _Strict(BaseModel):
 class DatasetConfig(_Strict):
     """Which data to train on; a bare string `dataset: mnist` is short for `dataset: {name: mnist}`."""
 
-    name: str = Field("fashion-mnist", description="fashion-mnist | mnist | cifar10 | cifar100 | synthetic")
-    data_dir: str | None = Field(None, description="folder holding the dataset (else NORMBENCH_DATA, then system copies)")
+    name: str = Field("fashion-mnist", description=f"the data: {' | '.join(DATASET_NAMES)}; `synthetic` is random data of "
+        "the shape below, used only when asked for (docs/data.md)")
+    data_dir: str | None = Field(None, description="folder with the dataset; `--data-dir` overrides it, and it overrides "
+        "`$NORMBENCH_DATA` (docs/data.md)")
     # The keys below are used by `synthetic` only.
-    shape: list[int] = Field([1, 28, 28], description="synthetic: sample shape (C, H, W)")
-    num_classes: int = Field(10, ge=2, description="synthetic: number of classes")
-    train_samples: int = Field(2048, ge=2, description="synthetic: training set size")
-    test_samples: int = Field(512, ge=1, description="synthetic: test set size")
+    shape: list[int] = Field([1, 28, 28], description="`synthetic` only: sample shape [C, H, W]")
+    num_classes: int = Field(10, ge=2, description="`synthetic` only: number of classes")
+    train_samples: int = Field(2048, ge=2, description="`synthetic` only: training split size")
+    test_samples: int = Field(512, ge=1, description="`synthetic` only: test split size")
 
     @field_validator("name")
     @classmethod
@@ -63,23 +65,34 @@ class DatasetConfig(_Strict):
 class NormConfig(_Strict):
     """The normalization layer used in every norm slot of the model."""
 
-    type: str = Field("batch", description="registered norm name (see `normbench norms` / README)")
+    type: str = Field("batch", description=f"a registered norm ({', '.join(NORMS)}); `normbench norms` and docs/norms.md "
+        "say what each computes")
     eps: float = Field(1e-5, gt=0, description="added to the variance before the square root")
-    momentum: float | None = Field(0.1, ge=0, le=1, description="running-statistics update weight; null = cumulative average")
-    affine: bool | None = Field(None, description="learnable gamma/beta; null = the layer's PyTorch default")
-    track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default")
-    groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = largest divisor of C <= 32")
-    placement: Literal["pre", "post"] = Field("pre", description="norm before (pre) or after (post) the activation")
-    impl: str = Field("torch", description="implementation: torch (PyTorch modules) | reference (normbench.norms.reference)")
-    momentum_convention: Literal["torch", "keras"] = Field(
-        "torch", description="how momentum is read: torch (weight of the batch) | keras (weight of the running value: 0.99 = torch 0.01)"
-    )
-    r_max: float = Field(3.0, ge=1, description="batch_renorm: final clip of r to [1/r_max, r_max]")
-    d_max: float = Field(5.0, ge=0, description="batch_renorm: final clip of d to [-d_max, d_max]")
-    renorm_warmup_steps: int = Field(500, ge=0, description="batch_renorm: steps of plain batch norm (r_max 1, d_max 0)")
-    renorm_relax_steps: int = Field(2000, ge=0, description="batch_renorm: steps to relax linearly to r_max / d_max")
-    frn_learnable_eps: bool | None = Field(None, description="frn: learnable eps; null = on feature vectors only")
-    sync: bool = Field(False, description="batch norm: statistics over the global batch of all processes")
+    momentum: float | None = Field(0.1, ge=0, le=1, description="running statistics: `running = (1 - m) * running + m * "
+        "batch`; null = cumulative average (PyTorch semantics)")
+    affine: bool | None = Field(None, description="learnable per-channel γ/β; null = the layer's PyTorch default (true, "
+        "but false for instance)")
+    track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default "
+        "(true for batch, false for instance)")
+    groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = the largest divisor of C "
+        "that is ≤ 32. A value that does not divide a layer's channels is an error naming the layer")
+    placement: Literal["pre", "post"] = Field("pre", description="norm before the activation (`pre`, as in the BN paper) "
+        "or after it (`post`)")
+    impl: str = Field("torch", description="`torch`: PyTorch's modules; `reference`: normbench's from-scratch modules "
+        "(normbench/norms/reference.py). Schemes with one implementation build it for both (docs/norms.md says which)")
+    momentum_convention: Literal["torch", "keras"] = Field("torch", description="how `norm.momentum` is read: torch's "
+        "weight of the batch, or Keras's weight of the running value (Keras 0.99 = torch 0.01); meta.json's "
+        "`norm_momentum_torch` is the value used, in torch's convention")
+    r_max: float = Field(3.0, ge=1, description="batch_renorm: final clipping limit of r to [1/r_max, r_max]")
+    d_max: float = Field(5.0, ge=0, description="batch_renorm: final clipping limit of d to [-d_max, d_max]")
+    renorm_warmup_steps: int = Field(500, ge=0, description="batch_renorm: steps of plain batch norm (r_max = 1, d_max = "
+        "0) first")
+    renorm_relax_steps: int = Field(2000, ge=0, description="batch_renorm: then steps over which the limits relax "
+        "linearly to `r_max` / `d_max`")
+    frn_learnable_eps: bool | None = Field(None, description="frn: add a learned |ε| (initialized to 1) to `eps`; null = "
+        "learned on feature vectors, fixed on maps")
+    sync: bool = Field(False, description="batch norm (impl torch) only: in a data-parallel run, batch statistics over "
+        "the global batch of all processes (docs/scaling.md); with one process it is plain batch norm")
 
     @field_validator("type")
     @classmethod
@@ -123,45 +136,58 @@ class PreciseBNConfig(_Strict):
 class ProbeConfig(_Strict):
     """Record percentiles of the input to one layer during training (the BN paper's Figure 1(b, c))."""
 
-    layer: str = Field(description="a top-level layer name of the model, e.g. act3 (the input to that layer is probed)")
-    every: int = Field(50, ge=1, description="probe every this many training steps")
-    unit: int | None = Field(None, ge=0, description="channel/unit index to probe; null = all units of the layer")
-    test_acc: bool = Field(False, description="also evaluate test accuracy at each probe step (accuracy vs steps)")
+    layer: str = Field(description="a top-level layer of the model whose input is probed (`act1`, `act2`, ... are the "
+        "nonlinearities; `conv1`, `norm1`, ... too); an unknown name is an error listing the valid ones")
+    every: int = Field(50, ge=1, description="probe at step 1 and every this many steps")
+    unit: int | None = Field(None, ge=0, description="one channel/unit of the layer input; null = all units pooled. Out "
+        "of range is a config error")
+    test_acc: bool = Field(False, description="also evaluate test accuracy (eval mode, full test split) at each probe step")
 
 
 class OptimizerConfig(_Strict):
     """The optimizer; `momentum` is used by sgd only."""
 
-    name: Literal["sgd", "adam", "adamw"] = Field("adam", description="sgd | adam | adamw")
+    name: Literal["sgd", "adam", "adamw"] = Field("adam", description="the optimizer; fused kernels on CPU and CUDA "
+        "(meta.json's `optimizer_impl`)")
     lr: float = Field(1e-3, gt=0, description="learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
 
 
 class Config(_Strict):
     """One training run."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name, used in the run directory")
-    seed: int = Field(0, ge=0, description="seeds torch, numpy, random, init and data order")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda, then mps, then cpu")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name, used in the run directory "
+        "name; default: the config file's stem")
+    seed: int = Field(0, ge=0, description="seeds Python, NumPy and torch (model init) and the data order")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="`auto` picks cuda, then mps, then cpu; an "
+        "unavailable device is an error")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    model: str = Field("cnn", description="cnn | mlp | bn_mlp")
+    model: str = Field("cnn", description=f"the network: {' | '.join(MODEL_NAMES)} (see Models below)")
     norm: NormConfig = Field(default_factory=NormConfig)
-    batch_size: int = Field(64, ge=1, description="training batch size (samples per step)")
+    batch_size: int = Field(64, ge=1, description="samples per training step; batch-dependent norms need ≥ 2. In a "
+        "data-parallel run this is the global batch, divided evenly over the processes")
     epochs: int = Field(1, ge=1, description="passes over the training set")
-    max_samples: int | None = Field(None, ge=1, description="training budget in samples; overrides epochs")
+    max_samples: int | None = Field(None, ge=1, description="training budget in samples; overrides `epochs` (the last "
+        "epoch may be partial)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    schedule: Literal["none", "cosine", "step"] = Field("none", description="lr schedule over all steps")
-    eval_batch_size: int = Field(1000, ge=1, description="batch size for evaluation")
-    log_every: int = Field(50, ge=1, description="write a steps.csv row every this many steps")
+    schedule: Literal["none", "cosine", "step"] = Field("none", description="per-step learning-rate schedule: `cosine` to "
+        "0 over the run, or `step`: ×0.1 at 50 % and 75 % of the steps")
+    eval_batch_size: int = Field(1000, ge=1, description="evaluation batch size")
+    log_every: int = Field(50, ge=1, description="a steps.csv row every this many steps (and at each epoch's last step)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision for training and eval")
-    channels_last: Literal["auto", True, False] = Field(
-        "auto", description="store 4-D activations (N, H, W, C); auto = on for the cnn on CPU and CUDA"
-    )
-    precise_bn: PreciseBNConfig | None = Field(None, description="recompute BN statistics before each evaluation (batch norm only)")
-    probe: ProbeConfig | None = Field(None, description="record input percentiles of a layer into probe.csv")
-    pack: int = Field(1, ge=1, description="train seeds seed..seed+pack-1 as one packed model; one run directory each")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision for training and evaluation")
+    channels_last: Literal["auto", True, False] = Field("auto", description="store 4-D activations and conv weights as "
+        "(N, H, W, C), which oneDNN and cuDNN convolve faster; `auto` = on for `cnn` on CPU and CUDA. Same math "
+        "(tests/test_bench.py checks it against the contiguous layout)")
+    precise_bn: PreciseBNConfig | None = Field(None, description="`norm.type: batch` only: also evaluate with PreciseBN "
+        "statistics each epoch (docs/diagnostics.md)")
+    probe: ProbeConfig | None = Field(None, description="record percentiles of one layer's input during training into "
+        "probe.csv (docs/diagnostics.md)")
+    pack: int = Field(1, ge=1, description="train seeds `seed`…`seed+pack-1` as one packed model, writing one ordinary "
+        f"run directory per seed (docs/packed-seeds.md); models {', '.join(PACKABLE_MODELS)}, "
+        f"norms {', '.join(PACKABLE_NORMS)} (impl torch), precision fp32 or bf16, no probe, precise_bn, norm.sync or "
+        "--nproc; anything else is a config error")
     checkpoint_every: int = Field(
         1, ge=0, description="write checkpoint.pt (everything `normbench run --resume` needs to continue exactly) every "
         "this many epochs and when the run is stopped (Ctrl-C, SIGTERM); 0 = never"
