@@ -238,7 +238,7 @@ def sweep(
     retry_diverged: Annotated[bool, typer.Option("--retry-diverged", help="Rerun points that diverged before.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; train nothing.")] = False,
     executor: Annotated[str, typer.Option(
-        "--executor", help="local: worker processes on this machine; ray: one Ray task per point (pip install 'normbench[ray]').",
+        "--executor", help="local: worker processes on this machine; ray: one Ray task per point (pip install 'normbench\\[ray]').",
     )] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", metavar="HOST:PORT", help="Ray cluster head to submit to (default: start a local Ray instance).",

@@ -294,3 +294,9 @@ def test_resume_after_kill_9_mid_run(write_config, tmp_path, jobs):
         if run_dir.name in completed_before:  # never overwritten
             assert meta["start_time"] == completed_before[run_dir.name]
     assert json.loads((victim / "meta.json").read_text())["status"] == "completed"
+
+
+def test_the_default_base_config_ships_with_the_checkout():
+    from normbench.sweep.plan import DEFAULT_BASE
+
+    assert DEFAULT_BASE.is_file(), DEFAULT_BASE

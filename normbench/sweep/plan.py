@@ -28,7 +28,7 @@ from normbench.sweep.point import PointTask
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "test_acc", "samples_per_s", "wall_s")
-DEFAULT_BASE = Path(__file__).resolve().parents[1] / "configs" / "sweep_base.yaml"
+DEFAULT_BASE = Path(__file__).resolve().parents[2] / "configs" / "sweep_base.yaml"  # the repository's configs/
 
 
 def index_columns(axes: list[Axis]) -> tuple[str, ...]:
