@@ -196,6 +196,36 @@ def bench(
     console.print(f"wrote {bench_module.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
 
 
+@app.command("eval")
+@handle_errors
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run's directory (it holds model.pt).")],
+    split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
+    batch_stats: Annotated[bool, typer.Option(
+        "--batch-stats", help="Normalize each batch with its own statistics (train-mode batch norm, nothing updated).",
+    )] = False,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, help="Evaluation batch size (default: the run's batch size with --batch-stats or "
+        "--precise-bn, else its eval_batch_size).",
+    )] = None,
+    precise_bn: Annotated[Optional[int], typer.Option(
+        "--precise-bn", min=1, metavar="N", help="Recompute batch-norm statistics over N training batches first.",
+    )] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Evaluate a run's saved model again; print loss and accuracy and append them to eval.csv.
+
+    Example: normbench eval results/runs/quickstart-20261204-120000 --batch-stats --batch-size 8
+    """
+    from normbench.train.saved import EVAL_FILE, evaluate_saved
+
+    row = evaluate_saved(run_dir, split, batch_stats, batch_size, precise_bn, data_dir)
+    console.print(f"{row['split']} {row['statistics']} statistics, batch {row['batch_size']}: "
+                  f"loss {row['loss']:.4f} acc [bold]{row['acc']:.4f}[/] over {row['samples']:,} samples",
+                  highlight=False)
+    console.print(f"appended to {Path(run_dir) / EVAL_FILE}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def norms() -> None:
     """List the registered normalization layers and what each normalizes over."""
