@@ -200,7 +200,7 @@ def bench(
 @handle_errors
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A completed run's directory (it holds model.pt).")],
-    split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
     batch_stats: Annotated[bool, typer.Option(
         "--batch-stats", help="Normalize each batch with its own statistics (train-mode batch norm, nothing updated).",
     )] = False,

@@ -43,6 +43,9 @@ class DatasetConfig(_Strict):
         "the shape below, used only when asked for (docs/data.md)")
     data_dir: str | None = Field(None, description="folder with the dataset; `--data-dir` overrides it, and it overrides "
         "`$NORMBENCH_DATA` (docs/data.md)")
+    val_samples: int | None = Field(None, ge=0, description="training samples held out as the validation split "
+        "(val_loss, val_acc in epochs.csv; the same samples for every run and seed, drawn with a fixed seed); null = "
+        "5,000 for a real dataset (at most a tenth of its training split), 0 for synthetic; 0 = no validation split")
     # The keys below are used by `synthetic` only.
     shape: list[int] = Field([1, 28, 28], description="`synthetic` only: sample shape [C, H, W]")
     num_classes: int = Field(10, ge=2, description="`synthetic` only: number of classes")

@@ -31,6 +31,10 @@ IDX_FILES = (
 )
 
 
+VAL_DEFAULT = 5000  # validation samples held out of a real dataset's training split by default
+VAL_SPLIT_SEED = 20_261_204  # fixed: every run and seed holds out the same samples
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Static facts about a dataset: sample shape (C, H, W), classes, torchvision class."""
@@ -73,6 +77,8 @@ class TensorData:
     test_y: torch.Tensor
     num_classes: int
     info: dict = field(default_factory=dict)  # source, normalization, checksums: goes into meta.json
+    val_x: torch.Tensor | None = None  # the validation split (held out of the training split), or None
+    val_y: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -264,6 +270,39 @@ def normalize_u8(train_u8: torch.Tensor, test_u8: torch.Tensor) -> tuple[torch.T
     return train.sub_(m).div_(s), test.sub_(m).div_(s), {"mean": mean.tolist(), "std": std.tolist()}
 
 
+def val_count(dataset_cfg, n_train: int) -> int:
+    """How many training samples the validation split holds out: `dataset.val_samples`, or when it
+    is null, 5,000 for a real dataset (at most a tenth of its training split) and 0 for synthetic."""
+    if dataset_cfg.val_samples is not None:
+        if dataset_cfg.val_samples >= n_train:
+            raise NormbenchError(f"dataset.val_samples={dataset_cfg.val_samples} leaves no training samples "
+                                 f"(the training split has {n_train}); use fewer, or 0 for no validation split")
+        return dataset_cfg.val_samples
+    return 0 if dataset_cfg.name == "synthetic" else min(VAL_DEFAULT, n_train // 10)
+
+
+def validation_split(n_train: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices), each ascending: `count` samples drawn with a fixed
+    seed, so every run and every seed holds out the same ones."""
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    return order[count:].sort().values, order[:count].sort().values
+
+
+def hold_out(x: torch.Tensor, y: torch.Tensor, count: int) -> tuple[tuple, tuple | None]:
+    """((train x, train y), (val x, val y) or None) with `count` samples held out for validation."""
+    if count == 0:
+        return (x, y), None
+    train, val = validation_split(len(y), count)
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def normalize_like(images_u8: torch.Tensor, stats: dict) -> torch.Tensor:
+    """uint8 images scaled and standardized with `normalize_u8`'s statistics, by the same operations."""
+    m = torch.tensor(stats["mean"]).float().view(1, -1, 1, 1)
+    s = torch.tensor(stats["std"]).float().view(1, -1, 1, 1)
+    return images_u8.float().div_(255.0).sub_(m).div_(s)
+
+
 def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu", data_dir=None) -> TensorData:
     """Load a dataset config into tensors on `device`, or raise NormbenchError saying how to get it."""
     if dataset_cfg.name == "synthetic":
@@ -282,10 +321,18 @@ def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu",
         if tuple(train_x.shape[1:]) != info.shape:
             raise NormbenchError(f"dataset {info.name}: expected samples of shape {info.shape}, "
                                  f"found {tuple(train_x.shape[1:])} in {extra['source']}")
-        train_x, test_x, stats = normalize_u8(train_x, test_x)
+        (train_x, train_y), val = hold_out(train_x, train_y, val_count(dataset_cfg, len(train_y)))
+        train_x, test_x, stats = normalize_u8(train_x, test_x)  # statistics of the training part alone
         extra.update(normalization=stats)
         data = TensorData(train_x, train_y, test_x, test_y, info.num_classes, extra)
-    data.info.update(train_samples=len(data.train_y), test_samples=len(data.test_y), name=dataset_cfg.name)
-    for name in ("train_x", "train_y", "test_x", "test_y"):
-        setattr(data, name, getattr(data, name).to(device))
+        if val is not None:
+            data.val_x, data.val_y = normalize_like(val[0], stats), val[1]
+    if dataset_cfg.name == "synthetic" and (count := val_count(dataset_cfg, len(data.train_y))):
+        (data.train_x, data.train_y), (data.val_x, data.val_y) = hold_out(data.train_x, data.train_y, count)
+    val_samples = 0 if data.val_y is None else len(data.val_y)
+    data.info.update(train_samples=len(data.train_y), val_samples=val_samples, val_split_seed=VAL_SPLIT_SEED,
+                     test_samples=len(data.test_y), name=dataset_cfg.name)
+    for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        if getattr(data, name) is not None:
+            setattr(data, name, getattr(data, name).to(device))
     return data

@@ -47,6 +47,8 @@ def test_eval_after_precise_bn_and_on_the_training_split(runner, trained):
 def test_eval_errors_are_one_line(runner, trained, tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "has no model.pt" in result.output
+    result = runner.invoke(app, ["eval", str(trained), "--split", "dev"])
+    assert result.exit_code == 2 and "choose one of test, val, train" in result.output
     result = runner.invoke(app, ["eval", str(trained), "--split", "val"])
-    assert result.exit_code == 2 and "choose one of test, train" in result.output
+    assert result.exit_code == 2 and "has no validation split" in result.output
     assert "Traceback" not in result.output

@@ -160,6 +160,8 @@ def prepare_data(data, channels_last: bool):
     if channels_last:
         data.train_x = to_channels_last(data.train_x)
         data.test_x = to_channels_last(data.test_x)
+        if data.val_x is not None:
+            data.val_x = to_channels_last(data.val_x)
     return data
 
 

@@ -114,9 +114,10 @@ class SingleModel:
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         return evaluate(self.model, x, y, self.cfg.eval_batch_size, self.cfg.precision)
 
-    def evaluate(self) -> list[tuple[float, float]]:
-        """[(test loss, test accuracy)] of the lane, over the whole test split."""
-        return [self.world.evaluate(self.model, self._evaluate, self.data.test_x, self.data.test_y)]
+    def evaluate(self, split: str = "test") -> list[tuple[float, float] | None]:
+        """[(loss, accuracy)] of the lane over the whole `split` (test or val; None without a val split)."""
+        x, y = (self.data.test_x, self.data.test_y) if split == "test" else (self.data.val_x, self.data.val_y)
+        return [None if x is None else self.world.evaluate(self.model, self._evaluate, x, y)]
 
     def diagnostics(self, epoch: int) -> list[dict]:
         """[the lane's batch-norm diagnostic columns] for this epoch's row."""
@@ -183,10 +184,13 @@ class PackedSeeds:
             xb = fastpath.to_channels_last(xb)
         return xb, torch.stack([d.train_y[j] for d, j in zip(self.datas, idx)], dim=1)
 
-    def evaluate(self) -> list[tuple[float, float]]:
-        """Per lane (test loss, test accuracy) over its whole test split."""
-        return evaluate_packed(self.model, [d.test_x for d in self.datas], [d.test_y for d in self.datas],
-                               self.cfg.eval_batch_size, self.cfg.precision)
+    def evaluate(self, split: str = "test") -> list[tuple[float, float] | None]:
+        """Per lane (loss, accuracy) over its whole `split` (test or val; None without a val split)."""
+        xs = [d.test_x if split == "test" else d.val_x for d in self.datas]
+        ys = [d.test_y if split == "test" else d.val_y for d in self.datas]
+        if xs[0] is None:
+            return [None] * len(self.lanes)
+        return evaluate_packed(self.model, xs, ys, self.cfg.eval_batch_size, self.cfg.precision)
 
     def diagnostics(self, epoch: int) -> list[dict]:
         """Batch-norm diagnostics are not computed for packed seeds: their columns stay empty."""

@@ -170,7 +170,7 @@ class Loop:
     def end_epoch(self, epoch: int) -> bool:
         """Evaluate, write each lane's epochs.csv row and final metrics; False once all diverged."""
         eval_start = time.perf_counter()
-        tests = self.trainer.evaluate()
+        tests, vals = self.trainer.evaluate("test"), self.trainer.evaluate("val")
         eval_s = time.perf_counter() - eval_start
         extras = self.trainer.diagnostics(epoch)
         losses = self.trainer.world.reduce(self.step.loss_sum, mean=True)
@@ -182,6 +182,7 @@ class Loop:
                 "train_loss": losses[j] / self.epoch_steps,
                 "train_acc": correct[j] / (self.epoch_steps * self.cfg.batch_size),
                 "test_loss": tests[j][0], "test_acc": tests[j][1],
+                "val_loss": vals[j] and vals[j][0], "val_acc": vals[j] and vals[j][1],
                 "samples_per_s": self.epoch_steps * self.cfg.batch_size / self.epoch_s,
                 "epoch_s": self.epoch_s, "eval_s": eval_s, "lr": self.step.lr, **extras[j],
             }
@@ -200,6 +201,7 @@ class Loop:
         lane.final = {
             "final_test_acc": row["test_acc"], "final_test_loss": row["test_loss"],
             "final_train_loss": row["train_loss"], "final_train_acc": row["train_acc"],
+            "final_val_loss": row["val_loss"], "final_val_acc": row["val_acc"],
             "best_test_acc": lane.best_test_acc, "epochs_done": row["epoch"], "steps_done": p["steps_done"],
             "samples_seen": p["samples_seen"], "train_s": p["train_s"],
             "mean_samples_per_s": p["samples_seen"] / p["train_s"],

@@ -22,7 +22,7 @@ from normbench.train.evaluate import evaluate
 
 EVAL_FILE = "eval.csv"
 EVAL_COLUMNS = ("time", "split", "statistics", "batch_size", "samples", "loss", "acc")
-SPLITS = ("test", "train")
+SPLITS = ("test", "val", "train")
 
 
 def load_model(run_dir: Path, device: torch.device | None = None) -> tuple[Config, torch.nn.Module, torch.device]:
@@ -53,7 +53,9 @@ def evaluate_saved(run_dir: Path, split: str = "test", batch_stats: bool = False
                           f"norm {cfg.norm.type}")
     data = load_dataset(cfg.dataset, seed=cfg.seed, device=device, data_dir=data_dir)
     data = fastpath.prepare_data(data, fastpath.channels_last_on(cfg.channels_last, cfg.model, data.shape, device))
-    x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
+    x, y = {"test": (data.test_x, data.test_y), "val": (data.val_x, data.val_y), "train": (data.train_x, data.train_y)}[split]
+    if x is None:
+        raise ConfigError(f"run '{run_dir}' has no validation split (dataset.val_samples is 0); use --split test or train")
     context = lambda: autocast(device, cfg.precision)  # noqa: E731
     size = batch_size or (cfg.batch_size if batch_stats or precise_bn else cfg.eval_batch_size)
     if batch_stats:
