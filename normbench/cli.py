@@ -255,6 +255,9 @@ def sweep(
     grid: Annotated[
         Optional[list[str]], typer.Option("--grid", metavar="KEY=v1,v2", help="Sweep any config key too, e.g. --grid optimizer.lr=0.1,0.01 (repeatable).")
     ] = None,
+    tune: Annotated[
+        Optional[list[str]], typer.Option("--tune", metavar="KEY=v1,v2", help="Train each value, then keep per grid point the one with the best val_acc, e.g. --tune optimizer.lr=0.01,0.003 (repeatable).")
+    ] = None,
     set_: SetOption = None,
     lr_scaling: Annotated[
         str, typer.Option("--lr-scaling", help="Scale lr with batch_size / the base batch size: none, linear or sqrt.")
@@ -287,7 +290,7 @@ def sweep(
         norm_list(norms) if norms is not None else list(NORMS),
         batch_size_list(batch_sizes) if batch_sizes is not None else [base.batch_size],
         parse_ints(seeds, "--seeds", 0, "--seeds 0,1,2") if seeds is not None else [base.seed],
-        parse_grid(grid or []),
+        parse_grid(grid or []) + parse_grid(tune or [], "--tune"),
     )
     _sigterm_as_interrupt()
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,

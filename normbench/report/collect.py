@@ -106,7 +106,11 @@ def _load_run(path: Path) -> tuple[dict | None, list[dict], str]:
     if flat.get("dataset.name") != "synthetic":  # the synthetic-only keys mean nothing for real data
         flat = {k: v for k, v in flat.items() if not k.startswith("dataset.") or k == "dataset.name"}
     sweep = meta.get("sweep") or {}
-    if "unscaled_lr" in sweep:  # group a sweep's points by the lr it was given, not the scaled one
+    tuning = sweep.get("tuning") or {}
+    if tuning and not tuning.get("selected"):
+        return None, [], f"not the selected setting of a tuned sweep (kept by {tuning.get('by', 'val_acc')})"
+    tuned = {key: flat.pop(key, None) for key in tuning.get("keys", [])}  # each point at its own best value
+    if "unscaled_lr" in sweep and "optimizer.lr" not in tuned:  # group a sweep's points by the lr it was given, not the scaled one
         flat["optimizer.lr"] = sweep["unscaled_lr"]
     flat["lr_scaling"] = sweep.get("lr_scaling", "none")
     env = meta.get("environment") or {}
@@ -114,7 +118,7 @@ def _load_run(path: Path) -> tuple[dict | None, list[dict], str]:
         "run_dir": str(path), "status": meta.get("status", "unknown"), "reason": meta.get("reason") or "",
         "dataset": flat.get("dataset.name", "?"), "model": flat.get("model", "?"), "norm": norm,
         "batch_size": batch_size, "seed": seed, "device": env.get("device_name") or env.get("device") or "?",
-        "config": flat,
+        "config": flat, "tuned": ", ".join(f"{k}={v}" for k, v in tuned.items()),
     }
     if row["status"] != "completed":
         return row, [], ""

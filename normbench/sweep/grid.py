@@ -31,6 +31,7 @@ class Axis:
 
     key: str  # dotted config path, e.g. "optimizer.lr"
     values: tuple
+    tune: bool = False  # a tuning axis: each grid point keeps the value with the best val_acc
 
 
 @dataclass
@@ -63,13 +64,14 @@ def check_key(key: str) -> None:
             raise ConfigError(f"--grid {key}: '{key}' is a section; sweep one of its keys ({', '.join(annotation.model_fields)})")
 
 
-def parse_grid(texts: list[str]) -> list[Axis]:
-    """`--grid KEY=v1,v2` options -> axes; each key must be a config option, values as values.parse_list reads them."""
+def parse_grid(texts: list[str], option: str = "--grid") -> list[Axis]:
+    """`--grid KEY=v1,v2` (or `--tune KEY=v1,v2`: tuning axes) options -> axes; each key must be a
+    config option, values as values.parse_list reads them."""
     axes = []
     for text in texts:
-        key, raw = parse_assignment(text, "--grid", "KEY=v1,v2", "--grid optimizer.lr=0.1,0.01")
+        key, raw = parse_assignment(text, option, "KEY=v1,v2", f"{option} optimizer.lr=0.1,0.01")
         check_key(key)
-        axes.append(Axis(key, parse_list(raw, f"--grid {key}=", f"--grid {key}=v1,v2")))
+        axes.append(Axis(key, parse_list(raw, f"{option} {key}=", f"{option} {key}=v1,v2"), tune=option == "--tune"))
     return axes
 
 
@@ -140,5 +142,6 @@ def expand(base: Config, axes: list[Axis], lr_scaling: str = "none", threads: in
 
 def spec_digest(base: Config, axes: list[Axis], lr_scaling: str) -> str:
     """A short hash of what defines a sweep (base config, grid, lr scaling): names the default sweep."""
-    spec = {"base": to_dict(base), "grid": {a.key: list(a.values) for a in axes}, "lr_scaling": lr_scaling}
+    spec = {"base": to_dict(base), "grid": {a.key: list(a.values) for a in axes}, "lr_scaling": lr_scaling,
+            **({"tune": [a.key for a in axes if a.tune]} if any(a.tune for a in axes) else {})}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]

@@ -24,16 +24,18 @@ from normbench.config import Config, to_dict
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
 from normbench.sweep.executor import LocalPlan, cpu_cores
 from normbench.sweep.grid import Axis, Point, spec_digest
+from normbench.sweep.tuning import record, select, tune_keys
 from normbench.sweep.point import PointTask
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
-INDEX_TAIL = ("lr", "status", "reason", "run_dir", "test_acc", "samples_per_s", "wall_s")
+INDEX_TAIL = ("lr", "status", "reason", "run_dir", "val_acc", "val_loss", "test_acc", "samples_per_s", "wall_s")
 DEFAULT_BASE = Path(__file__).resolve().parents[2] / "configs" / "sweep_base.yaml"  # the repository's configs/
 
 
 def index_columns(axes: list[Axis]) -> tuple[str, ...]:
-    """index.csv columns: the point id, one column per grid key, then INDEX_TAIL."""
-    return ("point", *(a.key for a in axes), *INDEX_TAIL)
+    """index.csv columns: the point id, one column per grid key, then INDEX_TAIL (and `selected`
+    in a tuned sweep)."""
+    return ("point", *(a.key for a in axes), *INDEX_TAIL, *(("selected",) if tune_keys(axes) else ()))
 
 
 def plan_workers(base: Config, jobs: int | None, device_type: str, cores: int) -> tuple[int, int]:
@@ -95,7 +97,8 @@ class Sweep:
 
     def spec(self) -> dict:
         """What sweep.yaml holds."""
-        return {"base": to_dict(self.base), "grid": {a.key: list(a.values) for a in self.axes}, "lr_scaling": self.lr_scaling}
+        spec = {"base": to_dict(self.base), "grid": {a.key: list(a.values) for a in self.axes}, "lr_scaling": self.lr_scaling}
+        return {**spec, "tune": keys} if (keys := tune_keys(self.axes)) else spec
 
     def write_spec(self) -> None:
         """Create sweep.yaml, or check that an existing one describes this same sweep."""
@@ -143,6 +146,8 @@ class Sweep:
                 lr=point.config.optimizer.lr if point.config else "",
                 status=status, reason=reason,
                 run_dir=f"{RUNS_DIR}/{point.point_id}" if path.exists() else "",
+                val_acc=meta.get("final_val_acc") if status == "completed" else "",
+                val_loss=meta.get("final_val_loss") if status == "completed" else "",
                 test_acc=meta.get("final_test_acc") if status == "completed" else "",
                 samples_per_s=meta.get("mean_samples_per_s") if status == "completed" else "",
                 wall_s=(meta.get("sweep") or {}).get("wall_s", ""),
@@ -153,6 +158,11 @@ class Sweep:
     def write_index(self) -> list[dict]:
         """Rewrite index.csv atomically from the run directories; returns its rows."""
         rows = self.index_rows()
+        if tune_keys(self.axes):
+            selected = select(rows, self.axes)
+            for row, chosen in zip(rows, selected):
+                row["selected"] = chosen
+            record(rows, selected, lambda row: self.path / RUNS_DIR / row["point"], tune_keys(self.axes))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=index_columns(self.axes), lineterminator="\n")
         writer.writeheader()
@@ -238,9 +248,13 @@ def run_sweep(
     ray_retries: int = 1,
 ) -> int:
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
+    from normbench.data import val_count
     from normbench.sweep.grid import expand
     from normbench.sweep.view import SweepProgress, plan_table, summary_table
 
+    if tune_keys(axes) and val_count(base.dataset, 10**9) == 0:
+        raise ConfigError("--tune selects by val_acc, but the base config has no validation split "
+                          "(dataset.val_samples is 0); set dataset.val_samples")
     plan = plan_executor(base, executor, jobs, ray_address, ray_retries)
     points = expand(base, axes, lr_scaling, plan.threads)
     if all(p.invalid for p in points):
