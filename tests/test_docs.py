@@ -114,13 +114,14 @@ def test_a_new_norm_and_a_new_spec_field_appear_without_editing_the_generator():
 
 
 def test_results_format_names_every_column_the_code_writes():
-    from normbench.bench.harness import BENCH_COLUMNS
+    from normbench.bench.vs_plain import BENCH_COLUMNS
     from normbench.bench.pack import PACK_COLUMNS
     from normbench.results import EPOCH_COLUMNS, STATUSES, STEP_COLUMNS
     from normbench.sweep.plan import INDEX_TAIL
     from normbench.train.probe import PROBE_COLUMNS
+    from normbench.train.saved import EVAL_COLUMNS
 
     text = (ROOT / "docs" / "results-format.md").read_text(encoding="utf-8")
-    names = {*STEP_COLUMNS, *EPOCH_COLUMNS, *PROBE_COLUMNS, *INDEX_TAIL, *BENCH_COLUMNS, *PACK_COLUMNS, *STATUSES}
+    names = {*STEP_COLUMNS, *EPOCH_COLUMNS, *PROBE_COLUMNS, *INDEX_TAIL, *BENCH_COLUMNS, *PACK_COLUMNS, *STATUSES, *EVAL_COLUMNS}
     missing = sorted(name for name in names if not re.search(rf"\b{re.escape(name)}\b", text))
     assert not missing, f"docs/results-format.md does not name {missing}"
