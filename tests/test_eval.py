@@ -52,3 +52,13 @@ def test_eval_errors_are_one_line(runner, trained, tmp_path):
     result = runner.invoke(app, ["eval", str(trained), "--split", "val"])
     assert result.exit_code == 2 and "has no validation split" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.gpu
+def test_eval_of_a_captured_cuda_run_reproduces_its_test_accuracy(runner, write_config, tmp_path):
+    result = runner.invoke(app, ["run", str(write_config(epochs=1, device="cuda")), "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert read_meta(run_dir)["cuda_graph"]["used"]
+    assert runner.invoke(app, ["eval", str(run_dir)]).exit_code == 0
+    assert float(rows(run_dir / "eval.csv")[0]["acc"]) == read_meta(run_dir)["final_test_acc"]
