@@ -356,3 +356,14 @@ def to_dict(config: Config) -> dict:
 def dump(config: Config) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A nested config mapping as {dotted key: value}, e.g. {"norm.type": "batch"}."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

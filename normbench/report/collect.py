@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from normbench import results
+from normbench.config import flatten
 from normbench.errors import NormbenchError
 
 # Config keys that never split a summary row: identity, bookkeeping, or the grid's own axes.
@@ -82,14 +83,9 @@ def read_rows(path: Path, needs: tuple[str, ...]) -> tuple[list[dict] | None, st
     return out, ""
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if not isinstance(value, list) else str(value)
-    return flat
+def _flatten(data: dict) -> dict:
+    """The config as {dotted key: value}, lists as text (so they can group rows)."""
+    return {k: str(v) if isinstance(v, list) else v for k, v in flatten(data).items()}
 
 
 def _load_run(path: Path) -> tuple[dict | None, list[dict], str]:

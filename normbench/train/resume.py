@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 from normbench import results
-from normbench.config import Config, load_config, to_dict
+from normbench.config import Config, flatten, load_config, to_dict
 from normbench.data import TensorData
 from normbench.errors import ConfigError, NormbenchError
 from normbench.runtime import resolve_device
@@ -73,22 +73,12 @@ def check_same_config(saved: Config, given: Config | None, run_dir: Path) -> Non
     """A config given with --resume must be the run's own; the keys that differ are named."""
     if given is None:
         return
-    mine, theirs = _flat(to_dict(saved)), _flat(to_dict(given))
+    mine, theirs = flatten(to_dict(saved)), flatten(to_dict(given))
     differ = sorted(key for key in mine.keys() | theirs.keys() if key != "name" and mine.get(key) != theirs.get(key))
     if differ:
         shown = ", ".join(f"{k} ({mine.get(k)!r} in the run, {theirs.get(k)!r} given)" for k in differ[:5])
         raise ConfigError(f"run '{run_dir}' was trained with another config: {shown}; resume it without a config "
                           "or start a new run")
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def lane_dirs(run_dir: Path, meta: dict) -> list[Path]:
