@@ -44,6 +44,20 @@ def wait_for_checkpoint(results: Path, proc: subprocess.Popen, timeout: float = 
     raise AssertionError("no checkpoint appeared")
 
 
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll steps.csv until it has a row past `step`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(int(r["step"]) > step for r in rows(run_dir / "steps.csv")):
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.01)
+    raise AssertionError(f"no step past {step}")
+
+
 def same_rows(a: Path, b: Path, name: str) -> None:
     left, right = rows(a / name), rows(b / name)
     assert len(left) == len(right), name
@@ -57,6 +71,8 @@ def killed_and_resumed(runner, write_config, tmp_path, extra: list[str], sig=sig
     assert whole.exit_code == 0, whole.output
     proc = start(config, tmp_path / "cut", *extra)
     runs = wait_for_checkpoint(tmp_path / "cut", proc)
+    if sig == signal.SIGTERM:  # into epoch 2, so that the stop lands mid-epoch
+        wait_for_step(runs[0], 128, proc)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
     if sig == signal.SIGKILL:
