@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch.utils.cpp_extension  # noqa: F401  its one-time CUDA_HOME warning now, not in a run's stderr
 import yaml
 
 from normbench import results
@@ -130,3 +131,198 @@ def test_a_failed_download_leaves_nothing_in_the_data_folder(tmp_path, monkeypat
     with pytest.raises(NormbenchError, match="torchvision download into"):
         load_dataset(dataset("mnist", tmp_path / "data"))
     assert list((tmp_path / "data").iterdir()) == []
+
+
+# --- 4. a full disk ----------------------------------------------------------------------------
+
+
+class FullDisk:
+    """A disk with room for `rows` more CSV lines (header lines included), then none: writes that
+    need new space fail with ENOSPC (CSV lines, error.log, a new temp meta.json), while rewriting
+    bytes a file already has works, as on a real full disk."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.full = False
+
+    def refuse(self):
+        self.full = True
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def open(self, file, mode="r", *args, **kwargs):
+        handle = open(file, mode, *args, **kwargs)
+        return handle if mode.startswith("r") and "+" not in mode else FullDiskFile(self, handle, mode)
+
+
+class FullDiskFile:
+    def __init__(self, disk: FullDisk, handle, mode: str):
+        self.disk, self.handle, self.mode = disk, handle, mode
+        self.room = os.fstat(handle.fileno()).st_size if "+" in mode else 0  # bytes it may overwrite
+
+    def write(self, text):
+        if "+" in self.mode:
+            if self.handle.tell() + len(text) > self.room:
+                raise self.disk.refuse()
+        elif self.disk.full or self.disk.rows <= 0:
+            raise self.disk.refuse()
+        else:
+            self.disk.rows -= 1
+        return self.handle.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(rows) -> the FullDisk every run-directory writer of normbench.results now meets."""
+    import pathlib
+    import tempfile
+
+    def install(rows: int) -> FullDisk:
+        disk = FullDisk(rows)
+        write_text, mkstemp = pathlib.Path.write_text, tempfile.mkstemp
+
+        def new_text(path, *args, **kwargs):
+            if disk.full:
+                path.touch()  # the file is made; its bytes find no room
+                raise disk.refuse()
+            return write_text(path, *args, **kwargs)
+
+        def new_temp(*args, **kwargs):
+            if disk.full:
+                raise disk.refuse()
+            return mkstemp(*args, **kwargs)
+
+        monkeypatch.setattr(results, "open", disk.open, raising=False)
+        monkeypatch.setattr(pathlib.Path, "write_text", new_text)
+        monkeypatch.setattr(results.tempfile, "mkstemp", new_temp)
+        return disk
+
+    return install
+
+
+def test_a_disk_that_fills_mid_run_records_the_failure(runner, write_config, tmp_path, full_disk):
+    full_disk(rows=6)  # two headers, then four steps.csv rows
+    result = runner.invoke(app, ["run", str(write_config()), "--results-dir", str(tmp_path / "r")])
+    check_one_line_error(result, 1, "run failed: OSError: [Errno 28] No space left on device",
+                         "no room on the disk for its traceback")
+    (run,) = (tmp_path / "r" / "runs").iterdir()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["end_time"] and "No space left" in meta["reason"]
+    assert not (run / "error.log").exists()  # never an empty one
+    assert len(rows(run / "steps.csv")) == 4
+
+
+def test_a_full_disk_at_the_start_leaves_no_half_made_run(runner, write_config, tmp_path, full_disk):
+    full_disk(rows=0)
+    result = runner.invoke(app, ["run", str(write_config()), "--results-dir", str(tmp_path / "r")])
+    check_one_line_error(result, 1, "cannot create a run directory", "No space left on device")
+    assert list((tmp_path / "r" / "runs").iterdir()) == []
+
+
+def test_an_ending_that_cannot_be_written_at_all_is_one_line(runner, write_config, tmp_path, full_disk, monkeypatch):
+    disk, clean = full_disk(rows=6), results._clean
+
+    def grown(value):
+        padded = disk.full and isinstance(value, dict) and "status" in value
+        return {**clean(value), "padding": "x" * 100_000} if padded else clean(value)
+
+    monkeypatch.setattr(results, "_clean", grown)  # the ending no longer fits in the old meta.json
+    result = runner.invoke(app, ["run", str(write_config()), "--results-dir", str(tmp_path / "r")])
+    check_one_line_error(result, 1, "could not record it", "normbench run --resume")
+
+
+def test_a_csv_row_cut_short_is_dropped_when_a_run_resumes(tmp_path):
+    steps = tmp_path / "steps.csv"
+    steps.write_text("step,epoch\n11,1\n12,1\n1")  # step 13's row, cut after one digit by the full disk
+    results.truncate_csv(steps, "step", 12)  # resuming from the checkpoint at step 12
+    assert steps.read_text().splitlines() == ["step,epoch", "11,1", "12,1"]
+
+
+def test_report_on_a_full_disk_is_one_line(runner, write_config, tmp_path, monkeypatch):
+    assert runner.invoke(app, ["run", str(write_config()), "--results-dir", str(tmp_path / "r")]).exit_code == 0
+    from matplotlib.figure import Figure
+
+    def no_room(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", no_room)
+    result = runner.invoke(app, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "out")])
+    check_one_line_error(result, 1, f"cannot write the report into '{tmp_path / 'out'}'", "No space left on device")
+
+
+# --- 6. one line, not a traceback: a meta.json that is not an object ---------------------------
+
+
+def test_a_meta_json_holding_a_list_is_skipped_by_report_and_rerun_by_sweep(runner, write_config, tmp_path):
+    assert runner.invoke(app, ["run", str(write_config()), "--results-dir", str(tmp_path / "r")]).exit_code == 0
+    (good,) = (tmp_path / "r" / "runs").iterdir()
+    bad = tmp_path / "r" / "runs" / "bad"
+    bad.mkdir()
+    (bad / "config.yaml").write_text((good / "config.yaml").read_text())
+    (bad / "meta.json").write_text("[1, 2]")
+    result = runner.invoke(app, ["report", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "meta.json missing or unreadable" in " ".join(result.output.split())
+    sweep_args = ["sweep", str(write_config(epochs=1)), "--norms", "batch", "--results-dir", str(tmp_path / "s"),
+                  "--name", "s", "--jobs", "1"]
+    assert runner.invoke(app, sweep_args).exit_code == 0
+    (point,) = (tmp_path / "s" / "sweeps" / "s" / "runs").iterdir()
+    (point / "meta.json").write_text("[1, 2]")
+    result = runner.invoke(app, sweep_args)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert json.loads((point / "meta.json").read_text())["status"] == "completed"
+
+
+# --- 7. two runs of one config started in the same second -------------------------------------
+
+
+def test_run_directories_chosen_in_the_same_second_are_distinct_and_both_made(tmp_path):
+    first, second = results.new_run_path(tmp_path, "same"), results.new_run_path(tmp_path, "same")
+    assert first != second and first.is_dir() and second.is_dir()
+    results.RunDir(first, "name: same\n", {})  # the empty folder made for it is taken
+    assert results.read_meta(first)["status"] == "running"
+
+
+# --- 9. the small ones -------------------------------------------------------------------------
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_a_run_directory(runner, write_config, tmp_path):
+    result = runner.invoke(app, ["run", str(write_config(batch_size=512)), "--results-dir", str(tmp_path / "r")])
+    check_one_line_error(result, 2, "batch_size=512 is larger than the training set (256 samples)", "batch_size <= 256")
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+def test_more_threads_than_cores_is_refused(runner, write_config, tmp_path):
+    result = runner.invoke(app, ["run", str(write_config(num_threads=1000)), "--results-dir", str(tmp_path / "r")])
+    check_one_line_error(result, 2, "num_threads=1000 exceeds the", "CPU cores")
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+# --- 5. stopping the --nproc launcher ----------------------------------------------------------
+
+
+def test_sigterm_to_the_nproc_launcher_records_the_stop_and_progress_goes_to_stdout(write_config, tmp_path):
+    config = write_config(epochs=500, checkpoint_every=0)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "normbench", "run", str(config), "--nproc", "2",
+                                 "--results-dir", str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "r").glob("runs/*/epochs.csv")) or not rows(next((tmp_path / "r").glob("runs/*/epochs.csv"))):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, err
+    (run,) = (tmp_path / "r" / "runs").iterdir()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["end_time"], meta
+    assert "epoch 1/500" in out and "epoch 1/500" not in err  # rank 0's progress, on stdout as a plain run's
