@@ -326,3 +326,37 @@ def test_sigterm_to_the_nproc_launcher_records_the_stop_and_progress_goes_to_std
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "interrupted" and meta["end_time"], meta
     assert "epoch 1/500" in out and "epoch 1/500" not in err  # rank 0's progress, on stdout as a plain run's
+
+
+# --- 3. grid values that would share a run directory -------------------------------------------
+
+
+def test_grid_values_that_would_share_a_point_id_are_refused_before_anything_runs(runner, write_config, tmp_path):
+    result = runner.invoke(app, ["sweep", str(write_config()), "--norms", "batch", "--grid", "name=a_b,a-b",
+                                 "--results-dir", str(tmp_path / "r"), "--name", "s"])
+    check_one_line_error(result, 2, "the values 'a_b' and 'a-b' would share the point id", "'name=a-b'")
+    assert not (tmp_path / "r" / "sweeps").exists()
+
+
+# --- 8. a small input echoed hugely, and 9. keys given twice ------------------------------------
+
+
+def test_a_yaml_alias_bomb_gets_a_short_error(runner, tmp_path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 6)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join([*lines, "batch_size: *a5", ""]))  # about 300 bytes; its repr is megabytes
+    result = runner.invoke(app, ["run", str(bomb), "--dry-run"])
+    text = check_one_line_error(result, 2, "batch_size=[[[")
+    assert len(text) < 20 * len(bomb.read_text())
+
+
+def test_a_key_given_twice_is_refused(runner, tmp_path):
+    config = tmp_path / "twice.yaml"
+    config.write_text(yaml.safe_dump(tiny_config()) + "batch_size: 32\n")
+    result = runner.invoke(app, ["run", str(config), "--dry-run"])
+    check_one_line_error(result, 2, "key 'batch_size' given twice (first at line", "keep one")
+    from normbench.config import UniqueKeyLoader
+
+    merged = yaml.load("a: &c {x: 1}\nb: {<<: *c, x: 2}\n", Loader=UniqueKeyLoader)  # what a merge is for
+    assert merged["b"] == {"x": 2}
