@@ -104,6 +104,8 @@ def run(
         data = load_dataset(cfg.dataset, seed=cfg.seed, device=world.device, data_dir=data_dir)
     check_fits(cfg, data)
     try:
+        if run_path is None and not world.is_main:  # a torchrun rank other than 0 writes nothing, makes nothing
+            run_path = Path(results_dir) / "runs" / f"{cfg.name}-rank{world.rank}"
         path = run_path or results.new_run_path(results_dir, cfg.name)
         lane = Lane(cfg, data, _open_run_dir(cfg, data, path, world, replace_incomplete))
     except OSError as exc:  # nothing is left behind (results.RunDir)
