@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from normbench import __version__
-from normbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
+from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
 from normbench.values import parse_ints, parse_names
 
 app = typer.Typer(
@@ -34,16 +34,23 @@ def fail(message: str, code: int) -> None:
 
 
 def handle_errors(command):
-    """Turn NormbenchError (and Ctrl-C) into a one-line message and an exit code."""
+    """Turn NormbenchError, Ctrl-C and a full disk into a one-line message and an exit code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from normbench.results import DISK_FULL
+
         try:
             return command(*args, **kwargs)
         except NormbenchError as exc:
             fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            where = f" writing '{exc.filename}'" if exc.filename else ""
+            fail(f"{exc.strerror}{where}; free some space and run the command again", EXIT_ERROR)
 
     return wrapper
 

@@ -17,10 +17,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision import datasets as tv
 
 from normbench.errors import NormbenchError
+from normbench.formats import FormatError, check_idx, read_cifar_batch
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = (
@@ -117,12 +119,26 @@ def idx_dir(folder: Path) -> Path | None:
     return None
 
 
+def source_digest(source: Path) -> str:
+    """A key for the idx files in `source`: its path and each file's name, size, mtime and SHA-1,
+    so that replacing a file (new labels, a good copy of a corrupt one) is always noticed."""
+    digest = hashlib.sha1(str(source.resolve()).encode())
+    for name in IDX_FILES:
+        path = source / name if (source / name).is_file() else source / f"{name}.gz"
+        stat = path.stat()
+        digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def stage_idx(source: Path, class_name: str) -> Path:
-    """A torchvision root whose <class_name>/raw/ holds the plain idx files of `source`."""
+    """A torchvision root whose <class_name>/raw/ holds the plain idx files of `source`, unpacked
+    once per content of the source files (docs/data.md)."""
     if source.name == "raw" and source.parent.name == class_name and all((source / f).is_file() for f in IDX_FILES):
         return source.parent.parent  # already torchvision's own layout
-    digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
-    root = cache_dir() / "data" / digest
+    root = cache_dir() / "data" / source_digest(source)
     raw = root / class_name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in IDX_FILES:
@@ -130,7 +146,7 @@ def stage_idx(source: Path, class_name: str) -> Path:
         if target.is_file():
             continue
         plain, packed = source / name, source / f"{name}.gz"
-        tmp = raw / f".{name}.tmp"
+        tmp = raw / f".{name}.tmp-{os.getpid()}"
         if plain.is_file():
             shutil.copyfile(plain, tmp)
         else:
@@ -138,6 +154,16 @@ def stage_idx(source: Path, class_name: str) -> Path:
                 shutil.copyfileobj(src, dst)
         tmp.replace(target)  # atomic: a killed unpack leaves no half file under the real name
     return root
+
+
+def _check_idx_files(raw: Path) -> None:
+    """Every idx file in `raw` well-formed, with as many labels as images (FormatError if not)."""
+    for split in ("train", "t10k"):
+        images = check_idx(raw / f"{split}-images-idx3-ubyte", 3)
+        labels = check_idx(raw / f"{split}-labels-idx1-ubyte", 1)
+        if images != labels:
+            raise FormatError(f"{split}-images-idx3-ubyte holds {images} images but {split}-labels-idx1-ubyte "
+                              f"{labels} labels")
 
 
 def _load_idx(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, dict]:
@@ -150,6 +176,7 @@ def _load_idx(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, d
     for folder in candidates:
         if idx_dir(folder):
             root = stage_idx(folder, class_name)
+            _check_idx_files(root / class_name / "raw")
             splits = [info.torchvision_class(str(root), train=train, download=False) for train in (True, False)]
             xs = [s.data.unsqueeze(1) for s in splits]  # (N, 1, 28, 28) uint8
             ys = [s.targets.long() for s in splits]
@@ -159,24 +186,8 @@ def _load_idx(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, d
 
 
 # ---------------------------------------------------------------------------------------------
-# CIFAR: torchvision's pickled batches. torchvision refuses files whose MD5 differs from the
-# official release; normbench loads them and records (and warns) that they differ instead.
-
-
-def _cifar_class(info: DatasetInfo) -> type:
-    base = info.torchvision_class
-
-    class Unverified(base):  # type: ignore[misc, valid-type]
-        def _check_integrity(self) -> bool:
-            return all(Path(self.root, self.base_folder, f).is_file() for f, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            import pickle
-
-            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-
-    return Unverified
+# CIFAR: python pickles, unpickled by normbench.formats (never by pickle.load: a tampered file
+# could run code). Files that differ from the official release load, recorded in meta.json.
 
 
 def _cifar_checksums_ok(cls: type, root: Path) -> bool:
@@ -186,27 +197,44 @@ def _cifar_checksums_ok(cls: type, root: Path) -> bool:
     return all(check_integrity(str(root / cls.base_folder / f), md5) for f, md5 in files)
 
 
+def _read_cifar_split(folder: Path, files: list, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batches `files` of a CIFAR folder as (x (N, 3, 32, 32) uint8, y (N,) int64)."""
+    parts = [read_cifar_batch(folder / name) for name, _ in files]
+    labels = [label for _, batch_labels in parts for label in batch_labels]
+    if labels and not 0 <= min(labels) <= max(labels) < num_classes:
+        raise FormatError(f"labels outside 0..{num_classes - 1} in {', '.join(name for name, _ in files)}")
+    x = torch.from_numpy(np.concatenate([data for data, _ in parts]))
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
 def _load_cifar(info: DatasetInfo, user_dir: Path | None) -> tuple[tuple, tuple, dict]:
     cls = info.torchvision_class
     candidates = [user_dir] if user_dir is not None else []
     for root in candidates:
         folder = root / cls.base_folder
         if (folder / cls.meta["filename"]).is_file():
-            loader = _cifar_class(info)
-            splits = [loader(str(root), train=train, download=False) for train in (True, False)]
-            xs = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]  # (N, 3, 32, 32)
-            ys = [torch.tensor(s.targets, dtype=torch.long) for s in splits]
+            train = _read_cifar_split(folder, cls.train_list, info.num_classes)
+            test = _read_cifar_split(folder, cls.test_list, info.num_classes)
             extra = {"source": str(folder), "checksums_match_official": _cifar_checksums_ok(cls, root)}
-            return (xs[0], ys[0]), (xs[1], ys[1]), extra
+            return train, test, extra
     return _download(info, user_dir, [str(c / cls.base_folder) for c in candidates])
 
 
 def _download(info: DatasetInfo, user_dir: Path | None, tried: list[str]) -> tuple[tuple, tuple, dict]:
-    """Last resort: torchvision's own download; on failure, one error naming every place tried."""
+    """Last resort: torchvision's own download; on failure, one error naming every place tried
+    (and what the failed download made in the data folder removed again)."""
     root = user_dir if user_dir is not None else cache_dir() / "data" / "downloads"
+    cls = info.torchvision_class
+    made_by_download = [root / name for name in (cls.__name__, getattr(cls, "base_folder", ""), getattr(cls, "filename", ""))
+                        if name and not (root / name).exists()]
     try:
-        splits = [info.torchvision_class(str(root), train=train, download=True) for train in (True, False)]
+        splits = [cls(str(root), train=train, download=True) for train in (True, False)]
     except Exception as exc:  # torchvision raises URLError, RuntimeError, OSError...
+        for path in made_by_download:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         places = ", ".join(tried) if tried else "no data folder given"
         raise NormbenchError(
@@ -310,11 +338,17 @@ def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu",
     else:
         info = DATASETS[dataset_cfg.name]
         user_dir = user_data_dir(dataset_cfg, data_dir)
+        if user_dir is not None and not user_dir.is_dir():  # a typo: nothing is created there
+            raise NormbenchError(f"dataset {info.name} not found: data folder '{user_dir}' (--data-dir, dataset.data_dir "
+                                 f"or $NORMBENCH_DATA) does not exist; check the path; to get it: {info.how_to_get}")
         loader = _load_cifar if info.name.startswith("cifar") else _load_idx
         try:
             (train_x, train_y), (test_x, test_y), extra = loader(info, user_dir)
         except NormbenchError:
             raise
+        except FormatError as exc:
+            raise NormbenchError(f"dataset {info.name} could not be read: {exc}; check the files or get them again: "
+                                 f"{info.how_to_get}") from None
         except Exception as exc:  # a truncated or malformed file
             raise NormbenchError(f"dataset {info.name} could not be read ({type(exc).__name__}: {exc}); "
                                  f"check the files or get them again: {info.how_to_get}") from None

@@ -11,6 +11,7 @@ A run directory holds:
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
@@ -31,6 +32,7 @@ EPOCH_COLUMNS = (
     # batch-norm diagnostics (normbench/norms/diagnostics.py); empty for other norms
     "test_loss_batch_stats", "test_acc_batch_stats", "test_loss_precise_bn", "test_acc_precise_bn",
 )
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no block left for new data: rewrite in place, or say so
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 CONFIG_FILE, META_FILE, STEPS_FILE, EPOCHS_FILE, ERROR_FILE = (
     "config.yaml", "meta.json", "steps.csv", "epochs.csv", "error.log",
@@ -54,9 +56,14 @@ def _clean(value):
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write JSON to a temp file in the same folder, fsync, then rename over `path`. On a full
+    disk, an existing file is rewritten in place instead, compactly, if that needs no new space."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        _rewrite_when_full(path, obj, exc)
+        return
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_clean(obj), f, indent=2, sort_keys=False)
@@ -65,17 +72,40 @@ def write_json_atomic(path: Path, obj) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # as every other file of the run (mkstemp creates 0600)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _rewrite_when_full(path, obj, exc)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def read_meta(run_dir: Path) -> dict | None:
-    """meta.json of a run directory, or None if it is missing or unreadable."""
+def _rewrite_when_full(path: Path, obj, exc: OSError) -> None:
+    """Overwrite `path` in place with compact JSON when the disk is full, else raise `exc`.
+
+    Only where the text fits in the file's current size: overwriting bytes a file already has
+    needs no free space, so the write cannot stop halfway for want of it."""
+    text = json.dumps(_clean(obj), separators=(",", ":")) + "\n"
     try:
-        return json.loads((Path(run_dir) / META_FILE).read_text(encoding="utf-8"))
+        fits = exc.errno in DISK_FULL and len(text.encode("utf-8")) <= path.stat().st_size
+    except OSError:
+        fits = False
+    if not fits:
+        raise exc
+    with open(path, "r+", encoding="utf-8") as f:
+        f.write(text)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_meta(run_dir: Path) -> dict | None:
+    """meta.json of a run directory, or None if it is missing, unreadable or not a JSON object."""
+    try:
+        meta = json.loads((Path(run_dir) / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def format_value(value) -> str:
@@ -104,11 +134,20 @@ class CsvLog:
         self._file.flush()
 
     def close(self) -> None:
-        """Flush to disk and close."""
-        if not self._file.closed:
+        """Flush to disk and close; a failed flush (a full disk) still closes the file: the row
+        that did not fit already raised when it was written."""
+        if self._file.closed:
+            return
+        try:
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
+        except OSError:
+            pass
+        finally:
+            try:
+                self._file.close()
+            except OSError:
+                pass
 
 
 def ensure_writable(folder: Path) -> Path:
@@ -126,14 +165,20 @@ def ensure_writable(folder: Path) -> Path:
 
 
 def new_run_path(results_dir: Path, name: str) -> Path:
-    """A fresh run directory path: results_dir/runs/<name>-<UTC time>[-k]."""
+    """A fresh run directory, created empty: results_dir/runs/<name>-<UTC time>[-k]. Choosing the
+    name and creating the folder are one step (mkdir fails if another process took the name, and
+    the next suffix is tried), so two runs started in the same second both get their own."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     base = Path(results_dir) / "runs" / f"{name}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
 
 
 def _git_info() -> dict:
@@ -193,12 +238,20 @@ class RunDir:
     def __init__(self, path: Path, config_yaml: str, meta: dict, replace_incomplete: bool = False):
         self.path = Path(path)
         prepare_run_path(self.path, replace_incomplete)
-        self.path.mkdir(parents=True)
-        (self.path / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
-        self.meta = {"status": "running", "start_time": now_iso(), "end_time": None, **meta}
-        write_json_atomic(self.path / META_FILE, self.meta)
-        self.steps = CsvLog(self.path / STEPS_FILE, STEP_COLUMNS)
-        self.epochs = CsvLog(self.path / EPOCHS_FILE, EPOCH_COLUMNS)
+        self.path.mkdir(parents=True, exist_ok=True)  # new_run_path creates it empty
+        logs = []
+        try:
+            (self.path / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+            self.meta = {"status": "running", "start_time": now_iso(), "end_time": None, **meta}
+            write_json_atomic(self.path / META_FILE, self.meta)
+            logs.append(CsvLog(self.path / STEPS_FILE, STEP_COLUMNS))
+            logs.append(CsvLog(self.path / EPOCHS_FILE, EPOCH_COLUMNS))
+        except BaseException:  # e.g. a full disk: no half-made run that says `running` is left
+            for log in logs:
+                log.close()
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        self.steps, self.epochs = logs
 
     @classmethod
     def reopen(cls, path: Path, steps_done: int, epochs_done: int) -> "RunDir":
@@ -232,10 +285,14 @@ class RunDir:
         self.epochs.close()
         self.update_meta(status=status, end_time=now_iso(), **fields)
 
-    def write_error(self, text: str) -> Path:
-        """Save a traceback beside the results."""
+    def write_error(self, text: str) -> Path | None:
+        """Save a traceback beside the results; None (and no empty error.log) if the disk is full."""
         path = self.path / ERROR_FILE
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError:
+            path.unlink(missing_ok=True)
+            return None
         return path
 
 
@@ -247,7 +304,7 @@ def truncate_csv(path: Path, column: str, last: int) -> None:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        kept = [row for row in reader if header and row and int(row[header.index(column)]) <= last]
+        kept = [row for row in reader if header and _row_number(row, header, column) <= last]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -258,6 +315,14 @@ def truncate_csv(path: Path, column: str, last: int) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _row_number(row: list[str], header: list[str], column: str) -> float:
+    """The integer in `column` of a CSV row; inf for a row cut short (a kill or a full disk mid-write)."""
+    try:
+        return int(row[header.index(column)]) if len(row) == len(header) else math.inf
+    except ValueError:
+        return math.inf
 
 
 class NullCsv:
@@ -311,6 +376,8 @@ def prepare_run_path(path: Path, replace_incomplete: bool) -> None:
     meta = read_meta(path)
     if meta is not None and meta.get("status") == "completed":
         raise NormbenchError(f"run directory '{path}' holds a completed run; it is never overwritten")
+    if path.is_dir() and not any(path.iterdir()):
+        return  # empty: new_run_path made it for this run, or nothing is in it to lose
     looks_like_run = meta is not None or (path / CONFIG_FILE).exists() or not any(path.iterdir())
     if not (replace_incomplete and looks_like_run):
         raise NormbenchError(f"run directory '{path}' already exists; choose another name or results directory")

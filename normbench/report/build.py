@@ -105,11 +105,8 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
     """Write summary.csv, the figures and report.md into `out`; returns the summary and the files."""
     runs, extra = collected.runs, collected.extra_keys
     summary = summarize(runs, extra)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.10g")
-    except OSError as exc:
-        raise NormbenchError(f"cannot write the report into '{out}': {exc.strerror or exc}; pass --out DIR") from None
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.10g")
     files = [out / SUMMARY_FILE]
     counts = runs["status"].value_counts().to_dict()
     md = ["# normbench report", "",
@@ -175,6 +172,11 @@ def summary_table(summary: pd.DataFrame, extra: list[str]):
     return table
 
 
+def cannot_write(out: Path, exc: OSError) -> NormbenchError:
+    """The one-line error for a report that could not be written."""
+    return NormbenchError(f"cannot write the report into '{out}': {exc.strerror or exc}; free some space or pass --out DIR")
+
+
 def run_report(paths: list[Path], out: Path | None, console) -> Path:
     """Collect, write and print the report; returns the output folder."""
     paths = [Path(p) for p in paths] or [Path("results")]
@@ -185,12 +187,18 @@ def run_report(paths: list[Path], out: Path | None, console) -> Path:
         bench_csvs = extras.find_bench_csvs(paths) if all(p.exists() for p in paths) else []
         if not bench_csvs:
             raise
-        files, md = extras.bench_section(bench_csvs, out)  # a results root with benchmarks only
-        (out / REPORT_FILE).write_text("\n".join(["# normbench report", "", *md]), encoding="utf-8")
+        try:
+            files, md = extras.bench_section(bench_csvs, out)  # a results root with benchmarks only
+            (out / REPORT_FILE).write_text("\n".join(["# normbench report", "", *md]), encoding="utf-8")
+        except OSError as exc:
+            raise cannot_write(out, exc) from None
         console.print(f"wrote {len(files) + 1} files to {out}: " + ", ".join(p.name for p in [*files, out / REPORT_FILE]),
                       highlight=False, soft_wrap=True)
         return out
-    summary, files = write_report(collected, out, paths)
+    try:
+        summary, files = write_report(collected, out, paths)
+    except OSError as exc:  # a full disk, a read-only --out: from any file of the report, figures too
+        raise cannot_write(out, exc) from None
     for _, part in summary.groupby(["dataset", "model"], sort=False):
         console.print(summary_table(part, collected.extra_keys))
     for path, why in collected.skipped:

@@ -96,6 +96,20 @@ def point_id(values: dict) -> str:
     return "_".join(f"{SHORT_KEYS.get(k, k)}={_id_part(v)}" for k, v in values.items())
 
 
+def check_ids(axes: list[Axis]) -> None:
+    """Refuse two values of one axis that would give their points one id, so one run directory
+    (`a_b` and `a-b` both read `a-b`: ids keep letters, digits, '.', '+' and '-' only)."""
+    for axis in axes:
+        seen: dict[str, Any] = {}
+        for value in axis.values:
+            part = _id_part(value)
+            if part in seen:
+                raise ConfigError(
+                    f"{axis.key}: the values {seen[part]!r} and {value!r} would share the point id (and run directory) "
+                    f"'{SHORT_KEYS.get(axis.key, axis.key)}={part}'; sweep them in separate sweeps (--name)")
+            seen[part] = value
+
+
 def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, scaling: str) -> float:
     """The learning rate for `batch_size`: unchanged, linear or square-root in batch_size / base_batch_size."""
     ratio = batch_size / base_batch_size
@@ -132,6 +146,7 @@ def expand(base: Config, axes: list[Axis], lr_scaling: str = "none", threads: in
     """Every combination of the axes' values applied to `base`, in order; invalid ones carry a reason."""
     if lr_scaling not in LR_SCALINGS:
         raise ConfigError(f"--lr-scaling {lr_scaling}: valid values are {', '.join(LR_SCALINGS)}")
+    check_ids(axes)
     base_data = to_dict(base)
     points = []
     for combo in itertools.product(*(a.values for a in axes)):

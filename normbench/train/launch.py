@@ -4,6 +4,9 @@ ranks' reports into one outcome and records every failing rank's error in meta.j
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +22,7 @@ from normbench.train.distributed import (
 )
 from normbench.train.progress import Reporter, RichReporter
 from normbench.train.resume import resumable, resume
-from normbench.train.runner import RunOutcome, run
+from normbench.train.runner import INTERRUPTED, RunOutcome, check_threads, run
 
 
 def run_rank(ctx: DistContext, cfg, results_dir: str, data_dir: str | None, run_path: str, show_progress: bool) -> dict:
@@ -45,8 +48,46 @@ def launch_resume(run_dir: Path, nproc: int, data_dir: Path | str | None = None,
                           f"resume it with --nproc {meta.get('world_size', 1)}")
     device = resolve_device(cfg.device)
     data_dir = str(data_dir) if data_dir is not None else None
-    reports = spawn(resume_rank, nproc, (str(run_dir), data_dir, show_progress), device.type)
+    reports = spawn_ranks(resume_rank, nproc, (str(run_dir), data_dir, show_progress), device.type, Path(run_dir))
     return _outcome(reports, Path(run_dir))
+
+
+def _stop_ranks(signum, frame) -> None:
+    """SIGTERM to the launcher: the ranks get it as Ctrl-C (they record the stop and checkpoint)."""
+    for child in multiprocessing.active_children():
+        try:
+            os.kill(child.pid, signal.SIGINT)
+        except OSError:  # already gone
+            pass
+    raise KeyboardInterrupt
+
+
+def spawn_ranks(worker: Callable, nproc: int, args: tuple, device_type: str, run_path: Path) -> list[RankResult]:
+    """`spawn` the ranks, passing a SIGTERM to this launcher on to them; when stopped, a run whose
+    meta.json no rank could close is recorded as interrupted here, never left `running`."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop_ranks)
+    except ValueError:  # not the main thread: signals are not ours to route
+        previous = None
+    try:
+        return spawn(worker, nproc, args, device_type)
+    except KeyboardInterrupt:
+        meta = results.read_meta(run_path)
+        if meta is not None and meta.get("status") == "running":
+            results.amend_meta(run_path, status="interrupted", reason=INTERRUPTED, end_time=results.now_iso())
+        _remove_if_empty(run_path)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_if_empty(run_path: Path) -> None:
+    """The run directory the launcher made, when no rank wrote anything into it."""
+    try:
+        run_path.rmdir()
+    except OSError:  # not empty (a rank wrote the run), or already gone
+        pass
 
 
 def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: Path | str | None = None,
@@ -64,11 +105,16 @@ def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: P
         raise NormbenchError(f"--nproc {nproc} needs one GPU per process but torch sees {torch.cuda.device_count()}; "
                              f"use --nproc {torch.cuda.device_count()} or fewer")
     check_buildable(cfg)
+    check_threads(cfg, nproc)
     results_dir = results.ensure_writable(Path(results_dir))
-    run_path = results.new_run_path(results_dir, cfg.name)
+    try:
+        run_path = results.new_run_path(results_dir, cfg.name)
+    except OSError as exc:
+        raise NormbenchError(f"cannot create a run directory in '{results_dir / 'runs'}': {exc.strerror or exc}; "
+                             "free some space or pass --results-dir DIR") from None
     data_dir = str(data_dir) if data_dir is not None else None
-    reports = spawn(worker, nproc, (cfg, str(results_dir), data_dir, str(run_path), show_progress), device.type)
-    return _outcome(reports, run_path)
+    args = (cfg, str(results_dir), data_dir, str(run_path), show_progress)
+    return _outcome(spawn_ranks(worker, nproc, args, device.type, run_path), run_path)
 
 
 def _outcome(reports: list[RankResult], run_path: Path) -> RunOutcome:
@@ -82,6 +128,7 @@ def _outcome(reports: list[RankResult], run_path: Path) -> RunOutcome:
     reason = describe_failures(reports)
     meta = results.read_meta(run_path)
     if meta is None:  # nothing was written: a problem found before training (e.g. missing data)
+        _remove_if_empty(run_path)
         codes = {r.exit_code for r in reports if not r.ok}
         raise NormbenchError(reason, exit_code=codes.pop() if len(codes) == 1 else EXIT_ERROR)
     # Rank 0 may have been terminated, or failed only because a peer vanished: record them all.

@@ -28,7 +28,7 @@ class RichReporter(Reporter):
     """A rich progress bar with epoch, step, loss and samples/s, plus one line per epoch."""
 
     def __init__(self, console: Console | None = None, transient: bool = False):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console()  # stdout, as the CLI's own console
         self.transient = transient
         self.progress: Progress | None = None
         self.task = None

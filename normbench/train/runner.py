@@ -9,6 +9,7 @@ is written; once a run directory exists, every ending is recorded in its meta.js
 from __future__ import annotations
 
 import os
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from normbench import __version__, results
 from normbench.config import Config, dump, to_dict, validate
 from normbench.data import TensorData, load_dataset
-from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, NormbenchError
+from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, NormbenchError
 from normbench.runtime import resolve_device
 from normbench.train.build import check_buildable, check_capturable
 from normbench.train.checkpoint import MODEL_FILE, save_atomic
@@ -42,10 +43,32 @@ class RunOutcome:
     label: str = ""  # the run's name, with its seed for a packed seed
 
 
+def check_threads(cfg: Config, processes: int = 1) -> None:
+    """`num_threads` per process within the CPU cores this process may use, as sweeps check."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS)
+        cores = os.cpu_count() or 1
+    if cfg.num_threads and cfg.num_threads * processes > cores:
+        per = f" x {processes} processes" if processes > 1 else ""
+        raise ConfigError(f"num_threads={cfg.num_threads}{per} exceeds the {cores} CPU cores of this machine; "
+                          f"use num_threads <= {max(1, cores // processes)}, or null for torch's default")
+
+
+def check_fits(cfg: Config, data: TensorData) -> None:
+    """At least one batch in the training set, found before a run directory is made."""
+    n_train = len(data.train_y)
+    if cfg.batch_size > n_train:
+        more = " or raise dataset.train_samples" if cfg.dataset.name == "synthetic" else ""
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n_train} samples); "
+                          f"use batch_size <= {n_train}{more}")
+
+
 def _prepare(cfg: Config, results_dir: Path | str, world) -> Path:
     """Checks that need no data, then the writable results folder and the thread count."""
     check_buildable(cfg)
     check_capturable(cfg, world.device, world.data_parallel)
+    check_threads(cfg, world.world_size)
     results_dir = results.ensure_writable(Path(results_dir))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -79,11 +102,16 @@ def run(
     results_dir = _prepare(cfg, results_dir, world)
     if data is None:
         data = load_dataset(cfg.dataset, seed=cfg.seed, device=world.device, data_dir=data_dir)
-    path = run_path or results.new_run_path(results_dir, cfg.name)
+    check_fits(cfg, data)
     try:
+        if run_path is None and not world.is_main:  # a torchrun rank other than 0 writes nothing, makes nothing
+            run_path = Path(results_dir) / "runs" / f"{cfg.name}-rank{world.rank}"
+        path = run_path or results.new_run_path(results_dir, cfg.name)
         lane = Lane(cfg, data, _open_run_dir(cfg, data, path, world, replace_incomplete))
-    except OSError as exc:
-        raise NormbenchError(f"cannot create run directory '{path}': {exc.strerror or exc}; pass --results-dir DIR") from None
+    except OSError as exc:  # nothing is left behind (results.RunDir)
+        where = run_path or Path(results_dir) / "runs"
+        raise NormbenchError(f"cannot create a run directory in '{where}': {exc.strerror or exc}; "
+                             "free some space or pass --results-dir DIR") from None
     return train_lanes([lane], lambda: SingleModel(lane, world.device, world), reporter, reraise=not world.is_main)[0]
 
 
@@ -126,15 +154,21 @@ def run_packed(
     results_dir = _prepare(cfg, results_dir, world)
     configs = seed_configs(cfg)
     datas = _packed_data(cfg, configs, data, world.device, data_dir)
+    for c, d in zip(configs, datas):
+        check_fits(c, d)
     lanes: list[Lane] = []
     try:
         for c, d in zip(configs, datas):
             path = results.new_run_path(results_dir, f"{c.name}-seed{c.seed}")
             lanes.append(Lane(c, d, _open_run_dir(c, d, path, world)))
-    except (OSError, NormbenchError) as exc:
+    except (OSError, NormbenchError) as exc:  # no seed has trained: none of them is left behind
         for lane in lanes:
-            lane.run_dir.finish("failed", reason=f"another packed seed's run directory could not be created: {exc}")
-        raise NormbenchError(f"cannot create the packed run directories in '{results_dir}': {exc}") from None
+            lane.run_dir.steps.close()
+            lane.run_dir.epochs.close()
+            shutil.rmtree(lane.run_dir.path, ignore_errors=True)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise NormbenchError(f"cannot create the packed run directories in '{results_dir}': {why}; "
+                             "free some space or pass --results-dir DIR") from None
     return train_lanes(lanes, lambda: PackedSeeds(lanes, world.device), reporter)
 
 
@@ -179,16 +213,22 @@ def train_lanes(lanes: list[Lane], make_trainer, reporter: Reporter | None, rera
 
 
 def _record(lane: Lane, status: str, code: int, reason: str, trace: str) -> RunOutcome:
-    """Close the lane's run directory with its ending and say how it ended."""
+    """Close the lane's run directory with its ending and say how it ended; an ending that cannot
+    be written (a full disk, even for meta.json in place) is one NormbenchError line."""
     run_dir = lane.run_dir
     if lane.status == "diverged":
         return RunOutcome("diverged", EXIT_DIVERGED, run_dir.path, lane.reason, _final(run_dir))
-    if status == "failed":
-        log = run_dir.write_error(trace)
-        run_dir.finish("failed", reason=reason, error_log=log.name)
-        reason = f"{reason} (traceback in {log})"
-    else:
-        run_dir.finish(status, **({"reason": reason} if reason else {}))
+    try:
+        if status == "failed":
+            log = run_dir.write_error(trace)
+            run_dir.finish("failed", reason=reason, **({"error_log": log.name} if log else {}))
+            reason = f"{reason} ({f'traceback in {log}' if log else 'no room on the disk for its traceback'})"
+        else:
+            run_dir.finish(status, **({"reason": reason} if reason else {}))
+    except OSError as exc:
+        raise NormbenchError(f"run {status} ({reason}) but '{run_dir.path / results.META_FILE}' could not record it "
+                             f"({exc.strerror or exc}) and may still say running; free some space, then continue it "
+                             f"with normbench run --resume {run_dir.path}") from None
     return RunOutcome(status, code, run_dir.path, reason, lane.final if status == "completed" else _final(run_dir))
 
 
