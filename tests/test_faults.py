@@ -37,7 +37,8 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 def dataset(name: str, data_dir: Path):
-    return validate({"dataset": {"name": name, "data_dir": str(data_dir)}}, "t").dataset
+    """A dataset config over `data_dir`, every training sample kept for training (no validation split)."""
+    return validate({"dataset": {"name": name, "data_dir": str(data_dir), "val_samples": 0}}, "t").dataset
 
 
 # --- 1. a tampered CIFAR pickle ---------------------------------------------------------------

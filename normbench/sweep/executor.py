@@ -253,14 +253,6 @@ class ProcessPool:
         self.queue.close()
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class LocalPlan:
     """Points on this machine: in this process (jobs=1) or in `jobs` worker processes."""

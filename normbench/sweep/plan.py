@@ -22,7 +22,8 @@ import yaml
 from normbench import results
 from normbench.config import Config, to_dict
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
-from normbench.sweep.executor import LocalPlan, cpu_cores
+from normbench.runtime import cpu_cores
+from normbench.sweep.executor import LocalPlan
 from normbench.sweep.grid import Axis, Point, spec_digest
 from normbench.sweep.tuning import record, select, tune_keys
 from normbench.sweep.point import PointTask

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from normbench import results
 from normbench.errors import EXIT_USAGE, ConfigError, NormbenchError
-from normbench.sweep.executor import cpu_cores, drive
+from normbench.runtime import cpu_cores
+from normbench.sweep.executor import drive
 from normbench.sweep.point import WORKER_CACHE, PointResult, PointTask, record_early_failure, run_guarded
 
 INSTALL_HINT = "ray is not installed; pip install 'normbench[ray]'"

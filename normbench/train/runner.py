@@ -20,7 +20,7 @@ from normbench import __version__, results
 from normbench.config import Config, dump, to_dict, validate
 from normbench.data import TensorData, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, NormbenchError
-from normbench.runtime import resolve_device
+from normbench.runtime import cpu_cores, resolve_device
 from normbench.train.build import check_buildable, check_capturable
 from normbench.train.checkpoint import MODEL_FILE, save_atomic
 from normbench.train.lanes import Lane, PackedSeeds, SingleModel
@@ -45,10 +45,7 @@ class RunOutcome:
 
 def check_threads(cfg: Config, processes: int = 1) -> None:
     """`num_threads` per process within the CPU cores this process may use, as sweeps check."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity masks (macOS)
-        cores = os.cpu_count() or 1
+    cores = cpu_cores()
     if cfg.num_threads and cfg.num_threads * processes > cores:
         per = f" x {processes} processes" if processes > 1 else ""
         raise ConfigError(f"num_threads={cfg.num_threads}{per} exceeds the {cores} CPU cores of this machine; "
