@@ -1,9 +1,13 @@
 """normbench.report.stats against hand-computed values: t quantiles from printed tables, closed-form
 t CDFs, Welch and paired t-tests worked by hand, and the t density integrated by Simpson's rule."""
 
+import csv
 import math
+from pathlib import Path
 
 import pytest
+
+from normbench.cli import app
 
 from normbench.report.stats import (
     incomplete_beta, mean_interval, paired, t_cdf, t_quantile, two_sided_p, welch,
@@ -108,3 +112,66 @@ def test_no_uncertainty_without_two_values_or_any_spread():
     assert welch([0.8], [0.7, 0.75]).difference == pytest.approx(0.075)
     with pytest.raises(ValueError):
         paired([1, 2], [1])
+
+
+# The report: summary.csv intervals, report.md's tests, the figure's bars. Test errors (%) by seed:
+# batch 30, 26, 28 (mean 28, s 2); group 12, 13, 10 (mean 11.667, s 1.5275); per-seed differences
+# 18, 13, 18 (mean 16.333, s 2.8868, se 1.6667, t 9.8, df 2, p 0.0103, CI 16.33 +- 7.17).
+# Welch: se^2 = 4/3 + 2.3333/3 = 2.1111, t = 11.24, df 3.74, p 0.0005, CI 16.33 +- 4.15.
+THREE_SEEDS = {("batch", 0): 0.70, ("batch", 1): 0.74, ("batch", 2): 0.72,
+               ("group", 0): 0.88, ("group", 1): 0.87, ("group", 2): 0.90}
+
+
+def report_of(runner, root, seeds_acc, out):
+    from test_report import write_run
+
+    for (norm, seed), acc in seeds_acc.items():
+        write_run(root, f"{norm}-{seed}", norm, 8, seed, acc, acc)
+    result = runner.invoke(app, ["report", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "summary.csv", newline="") as f:
+        summary = {r["norm"]: r for r in csv.DictReader(f)}
+    return summary, (out / "report.md").read_text()
+
+
+def test_report_gives_intervals_and_welch_and_paired_tests_by_hand_values(runner, tmp_path):
+    summary, report = report_of(runner, tmp_path / "runs", THREE_SEEDS, tmp_path / "out")
+    assert float(summary["batch"]["test_error_pct_ci95"]) == pytest.approx(4.3027 * 2 / math.sqrt(3), abs=0.006)
+    assert float(summary["group"]["test_acc_ci95"]) == pytest.approx(4.3027 * 0.015275 / math.sqrt(3), abs=6e-5)
+    assert "test error batch 28.00 ± 4.97 %, group 11.67 ± 3.79 %." in report
+    assert "Batch norm is 16.33 points above the best batch-independent norm (group, 11.67 %)." in report
+    assert "95 % CI of the difference [12.19, 20.48] points, Welch t-test p < 0.001 (df 3.7, n = 3 and 3)" in report
+    assert "paired by seed: [9.16, 23.50] points, paired t-test p = 0.010 (n = 3)." in report
+
+
+def test_unmatched_seeds_get_welch_only_and_one_seed_gets_no_uncertainty(runner, tmp_path):
+    unmatched = {**THREE_SEEDS, ("group", 3): 0.89}
+    del unmatched[("group", 0)]
+    _, report = report_of(runner, tmp_path / "a", unmatched, tmp_path / "out-a")
+    assert "Welch t-test" in report and "paired by seed" not in report
+    summary, report = report_of(runner, tmp_path / "b", {("batch", 0): 0.70, ("group", 0): 0.88}, tmp_path / "out-b")
+    assert summary["batch"]["test_acc_ci95"] == ""  # one seed: no interval in the CSV either
+    assert "With 1 seed(s) for batch and 1 for group, no uncertainty can be given" in report
+    assert "test error batch 30.00 %, group 12.00 %." in report
+
+
+def test_figure_error_bars_are_the_summary_intervals(runner, tmp_path, monkeypatch):
+    from normbench.report import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.setdefault(Path(path).name, fig) and Path(path))
+    summary, _ = report_of(runner, tmp_path / "runs", THREE_SEEDS, tmp_path / "out")
+    (ax,) = drawn["test_error_vs_batch_size_synthetic_cnn.png"].axes
+    bars = {}
+    for container, label in zip(ax.containers, ax.get_legend_handles_labels()[1]):
+        (segment,) = container.lines[2][0].get_segments()
+        bars[label] = (segment[1][1] - segment[0][1]) / 2
+    assert bars == {f"{norm} (n=3)": pytest.approx(float(summary[norm]["test_error_pct_ci95"]), abs=0.006)
+                    for norm in ("batch", "group")}
+    assert "95 % confidence interval of the mean" in ax.get_title()
+
+
+def test_differences_equal_up_to_float_rounding_have_no_spread():
+    # 0.91 - 0.90 and 0.90 - 0.89 differ in the 17th digit: that is no spread to test
+    assert mean_interval([0.91 - 0.90, 0.90 - 0.89])[1] == 0.0
+    assert math.isnan(paired([0.91, 0.90], [0.90, 0.89]).p_value)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 LEVEL = 0.95  # the report's confidence level
 EPS, TINY, MAX_TERMS = 1e-15, 1e-300, 500
+ROUNDING = 1e-9  # values closer than this (relative) count as equal: 0.91 - 0.90 vs 0.90 - 0.89 in floats
 
 
 def _beta_fraction(x: float, a: float, b: float) -> float:
@@ -83,11 +84,13 @@ def two_sided_p(t: float, df: float) -> float:
 
 
 def mean_and_variance(values) -> tuple[float, float, int]:
-    """(mean, sample variance with n - 1, n); the variance is NaN below two values."""
+    """(mean, sample variance with n - 1, n); NaN below two values, 0 for values equal up to rounding."""
     values = [float(v) for v in values]
     n = len(values)
     mean = sum(values) / n if n else math.nan
     variance = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else math.nan
+    if variance <= (ROUNDING * max(map(abs, values), default=0.0)) ** 2:  # equal up to float rounding
+        variance = 0.0
     return mean, variance, n
 
 
