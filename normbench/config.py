@@ -19,7 +19,7 @@ from normbench.values import parse_assignment, parse_value
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 # The models `normbench.models.MODELS` builds (a test keeps the two in step).
-MODEL_NAMES = ("cnn", "mlp", "bn_mlp")
+MODEL_NAMES = ("cnn", "mlp", "bn_mlp", "resnet20")
 # What `pack: K` can pack exactly (normbench/models/packed.py converts exactly these layers).
 PACKABLE_MODELS = ("cnn", "mlp", "bn_mlp")
 PACKABLE_NORMS = ("none", "batch", "layer", "group", "instance")

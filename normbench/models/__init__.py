@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from normbench.errors import ConfigError
+from normbench.models.resnet import build_resnet20
 
 # (channels, dims, layer_name) -> norm module
 NormFactory = Callable[[int, int, str], nn.Module]
@@ -82,6 +83,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "mlp": build_mlp,
     "bn_mlp": build_bn_mlp,
+    "resnet20": build_resnet20,
 }
 
 

@@ -2,7 +2,9 @@
 
 summary.csv has one row per dataset x model x norm x batch size x other varying config keys x
 device. Means are over completed runs only; diverged, failed and unfinished runs are counted in
-their own columns and listed in report.md. Values are rounded once, in the summary table, so the
+their own columns and listed in report.md. With two or more seeds a mean has a 95 % Student t
+interval (`*_ci95`: its half-width), and the findings test batch norm against the best
+batch-independent norm (Welch, and paired by seed where the seeds match; report/stats.py). Values are rounded once, in the summary table, so the
 CSV, report.md and the terminal show the same numbers.
 """
 
@@ -15,6 +17,7 @@ import pandas as pd
 
 from normbench.report import extras
 from normbench.report import figures
+from normbench.report import stats
 from normbench.report.style import norm_order
 from normbench.report.collect import Collected, collect
 from normbench.errors import NormbenchError
@@ -22,8 +25,8 @@ from normbench.norms import NORMS
 
 SUMMARY_FILE, REPORT_FILE = "summary.csv", "report.md"
 # Decimal places per summary column: what every output shows.
-DECIMALS = {"test_acc_mean": 4, "test_acc_std": 4, "test_error_pct_mean": 2, "test_error_pct_std": 2,
-            "train_acc_mean": 4, "gap_pct_mean": 2, "samples_per_s_mean": 1}
+DECIMALS = {"test_acc_mean": 4, "test_acc_std": 4, "test_acc_ci95": 4, "test_error_pct_mean": 2,
+            "test_error_pct_std": 2, "test_error_pct_ci95": 2, "train_acc_mean": 4, "gap_pct_mean": 2, "samples_per_s_mean": 1}
 UNFINISHED = ("running", "interrupted", "unknown")
 
 
@@ -39,6 +42,7 @@ def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
         done = group[group["status"] == "completed"]
         acc = done["test_acc"].astype(float)
         std = acc.std(ddof=1) if len(done) > 1 else math.nan  # sample std over seeds
+        half = stats.mean_interval(acc)[1] if len(done) else math.nan  # 95 % t interval half-width
         rows.append({
             **dict(zip(group_keys(extra), key)),
             "n_seeds": len(done),
@@ -47,8 +51,10 @@ def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
             "n_unfinished": int(group["status"].isin(UNFINISHED).sum()),
             "test_acc_mean": acc.mean() if len(done) else math.nan,
             "test_acc_std": std,
+            "test_acc_ci95": half,
             "test_error_pct_mean": 100 * (1 - acc.mean()) if len(done) else math.nan,
             "test_error_pct_std": 100 * std,
+            "test_error_pct_ci95": 100 * half,
             "train_acc_mean": done["train_acc"].astype(float).mean() if len(done) else math.nan,
             "gap_pct_mean": 100 * (done["train_acc"].astype(float) - acc).mean() if len(done) else math.nan,
             "samples_per_s_mean": done["samples_per_s"].astype(float).mean() if len(done) else math.nan,
@@ -69,15 +75,51 @@ def fmt(value, column: str = "") -> str:
     return str(value)
 
 
-def findings(summary: pd.DataFrame) -> list[str]:
-    """The batch-size story in numbers: test error per norm at the smallest and largest batch size,
-    and batch norm against the best batch-independent norm (none excluded)."""
+def seed_errors(runs: pd.DataFrame, norm: str, batch_size) -> list[tuple[int, float]]:
+    """(seed, test error %) of each completed run of one norm at one batch size."""
+    rows = runs[(runs["status"] == "completed") & (runs["norm"] == norm) & (runs["batch_size"] == batch_size)]
+    return [(int(r.seed), 100 * (1 - float(r.test_acc))) for r in rows.itertuples()]
+
+
+def _p_text(p_value: float) -> str:
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+
+
+def difference_text(batch: list[tuple[int, float]], other: list[tuple[int, float]], other_name: str) -> str:
+    """The uncertainty of batch norm's test error minus another norm's, from (seed, error %) pairs:
+    Welch's t-test and interval, a paired t-test where both ran the same seeds once each, or why there is none."""
+    if min(len(batch), len(other)) < 2:
+        return (f"With {len(batch)} seed(s) for batch and {len(other)} for {other_name}, no uncertainty can be "
+                "given (run two or more seeds, e.g. --seeds 0,1,2).")
+    welch = stats.welch([e for _, e in batch], [e for _, e in other])
+    if math.isnan(welch.p_value):
+        return "Every seed gave the same test error, so there is no spread to test the difference against."
+    text = (f"95 % CI of the difference [{welch.low:.2f}, {welch.high:.2f}] points, Welch t-test {_p_text(welch.p_value)} "
+            f"(df {welch.df:.1f}, n = {welch.n_a} and {welch.n_b})")
+    if len(dict(batch)) == len(batch) == len(other) and dict(batch).keys() == dict(other).keys():
+        pair = stats.paired([e for _, e in sorted(batch)], [e for _, e in sorted(other)])
+        if math.isnan(pair.p_value):
+            text += f"; paired by seed: every seed's difference is {pair.difference:.2f} points, no spread to test"
+        else:
+            text += (f"; paired by seed: [{pair.low:.2f}, {pair.high:.2f}] points, paired t-test "
+                     f"{_p_text(pair.p_value)} (n = {pair.n_a})")
+    return text + "."
+
+
+def _error_text(row) -> str:
+    mean, half = fmt(row.test_error_pct_mean, "test_error_pct_mean"), row.test_error_pct_ci95
+    return f"{row.norm} {mean} %" if math.isnan(half) else f"{row.norm} {mean} ± {fmt(half, 'test_error_pct_ci95')} %"
+
+
+def findings(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """The batch-size story in numbers: test error per norm at the smallest and largest batch size
+    (± a 95 % interval with two or more seeds), and batch norm against the best batch-independent
+    norm (none excluded) with the difference's uncertainty from the per-seed `runs`."""
     lines = []
     done = summary[summary["n_seeds"] > 0]
     for batch_size in sorted({done["batch_size"].min(), done["batch_size"].max()}):
         at = done[done["batch_size"] == batch_size]
-        errors = ", ".join(f"{r.norm} {fmt(r.test_error_pct_mean, 'test_error_pct_mean')} %" for r in at.itertuples())
-        line = f"At batch size {batch_size}: test error {errors}."
+        line = f"At batch size {batch_size}: test error {', '.join(_error_text(r) for r in at.itertuples())}."
         others = at[[n in NORMS and not NORMS[n].batch_dependent and n != "none" for n in at["norm"]]]
         batch = at[at["norm"] == "batch"]
         if len(batch) == 1 and len(others):
@@ -85,7 +127,9 @@ def findings(summary: pd.DataFrame) -> list[str]:
             diff = batch["test_error_pct_mean"].iloc[0] - best["test_error_pct_mean"]
             side = "above" if diff > 0 else "below"
             line += (f" Batch norm is {abs(diff):.2f} points {side} the best batch-independent norm "
-                     f"({best['norm']}, {fmt(best['test_error_pct_mean'], 'test_error_pct_mean')} %).")
+                     f"({best['norm']}, {fmt(best['test_error_pct_mean'], 'test_error_pct_mean')} %). ")
+            line += difference_text(seed_errors(runs, "batch", batch_size), seed_errors(runs, best["norm"], batch_size),
+                                    best["norm"])
         lines.append(line)
     return lines
 
@@ -113,7 +157,9 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
           f"Sources: {', '.join(f'`{s}`' for s in sources)}. Runs found: {len(runs) + len(collected.skipped)}: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(collected.skipped)} skipped (unreadable results).",
           "", "Means are over completed runs only (n_seeds); diverged, failed and unfinished runs are counted "
-          "separately and listed below. The same table is in `summary.csv`.", ""]
+          "separately and listed below. The same table is in `summary.csv`. With two or more seeds, ± and the "
+          "`*_ci95` columns are the half-width of the 95 % Student t confidence interval of the mean over seeds; "
+          "differences are tested with Welch's t-test, and with a paired t-test where both norms ran the same seeds.", ""]
     several_devices = summary["device"].nunique() > 1
     for (dataset, model), part in summary.groupby(["dataset", "model"], sort=False):
         title = f"{dataset} / {model}"
@@ -129,11 +175,13 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
         ]
         files += drawn
         md += [f"## {title}", "", "### Findings", ""]
-        for _, setting in part.groupby(per_device or ["device"], sort=False):
+        keys = per_device or ["device"]
+        for _, setting in part.groupby(keys, sort=False):
             label = ", ".join(f"{k}={setting.iloc[0][k]}" for k in per_device)
-            md += [f"- {f'({label}) ' if label else ''}{line}" for line in findings(setting)]
+            setting_runs = part_runs[(part_runs[keys] == setting.iloc[0][keys]).all(axis=1)]  # the same seeds' runs
+            md += [f"- {f'({label}) ' if label else ''}{line}" for line in findings(setting, setting_runs)]
         md += [""]
-        for path, caption in zip(drawn, ("Test error vs batch size", "Training loss vs samples seen",
+        for path, caption in zip(drawn, ("Test error vs batch size (bars: 95 % CI of the mean)", "Training loss vs samples seen",
                                          "Training throughput vs batch size", "Train-vs-test accuracy gap vs batch size")):
             md += [f"![{caption}]({path.name})", ""]
         md += ["### Summary", "", *_md_table(part.drop(columns=["dataset", "model"])), ""]
@@ -158,7 +206,8 @@ def summary_table(summary: pd.DataFrame, extra: list[str]):
     """One (dataset, model) part of the summary as a rich table, with the same numbers as summary.csv."""
     from rich.table import Table
 
-    hidden = {"dataset", "model", "test_error_pct_std", "train_acc_mean", "n_diverged", "n_failed", "n_unfinished"}
+    hidden = {"dataset", "model", "test_error_pct_std", "test_error_pct_ci95", "train_acc_mean", "n_diverged", "n_failed",
+              "n_unfinished"}
     hidden |= {c for c in [*extra, "device"] if summary[c].nunique() == 1}  # constant here: said in the title
     columns = [c for c in summary.columns if c not in hidden]  # the CSV's names; fits a terminal
     first = summary.iloc[0]

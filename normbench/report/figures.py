@@ -59,6 +59,14 @@ def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, extra: list[str], titl
     return save(fig, path)
 
 
+def seed_counts(rows: pd.DataFrame) -> str:
+    """The series' seeds per point: `3`, or `1-3` when points differ."""
+    if rows.empty:
+        return "0"
+    low, high = int(rows["n_seeds"].min()), int(rows["n_seeds"].max())
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def _not_averaged_marks(ax, summary: pd.DataFrame, col: str) -> bool:
     """Red crosses at the top of the axes where runs diverged or failed (never averaged in)."""
     bad = summary[(summary["n_diverged"] + summary["n_failed"] + summary["n_unfinished"]) > 0]
@@ -80,17 +88,19 @@ def _batch_size_figure(summary: pd.DataFrame, draw, ylabel: str, path: Path) -> 
 
 
 def test_error(summary: pd.DataFrame, extra: list[str], title: str, path: Path) -> Path:
-    """Test error (%) vs batch size per series, with seed std error bars (the GN paper's Figure 1)."""
+    """Test error (%) vs batch size per series, bars: the mean's 95 % Student t interval over seeds
+    (summary's test_error_pct_ci95; none with one seed). The GN paper's Figure 1."""
 
     def draw(ax) -> str:
         marked = False
         for label, col, style, rows in _series(summary, extra):
             ok = rows[rows["n_seeds"] > 0]
-            ax.errorbar(ok["batch_size"], ok["test_error_pct_mean"], yerr=ok["test_error_pct_std"].fillna(0),
-                        color=col, linestyle=style, marker="o", capsize=3, label=label)
+            ax.errorbar(ok["batch_size"], ok["test_error_pct_mean"], yerr=ok["test_error_pct_ci95"].fillna(0),
+                        color=col, linestyle=style, marker="o", capsize=3, label=f"{label} (n={seed_counts(ok)})")
             marked |= _not_averaged_marks(ax, rows, col)
         note = "; x at top: a run diverged or failed (not averaged)" if marked else ""
-        return f"Test error vs batch size: {title}\n(mean over seeds, bars: std over seeds{note})"
+        return (f"Test error vs batch size: {title}\n(mean over n seeds, bars: 95 % confidence interval of the mean, "
+                f"Student t; none where n = 1{note})")
 
     return _batch_size_figure(summary, draw, "test error (%) after the training budget", path)
 
