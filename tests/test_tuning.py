@@ -70,4 +70,5 @@ def test_the_report_of_a_tuned_sweep_keeps_the_selected_runs(runner, write_confi
     with open(tmp_path / "report" / "summary.csv") as f:
         summary = list(csv.DictReader(f))
     assert sorted(r["norm"] for r in summary) == ["batch", "group"]  # one row per norm: its selected lr only
-    assert all("optimizer.lr" not in r for r in summary)
+    assert all("optimizer.lr" not in r for r in summary) and all(r["tuned"].startswith("optimizer.lr=") for r in summary)
+    assert "This is a tuned sweep" in (tmp_path / "report" / "report.md").read_text()

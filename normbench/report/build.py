@@ -58,6 +58,7 @@ def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
             "train_acc_mean": done["train_acc"].astype(float).mean() if len(done) else math.nan,
             "gap_pct_mean": 100 * (done["train_acc"].astype(float) - acc).mean() if len(done) else math.nan,
             "samples_per_s_mean": done["samples_per_s"].astype(float).mean() if len(done) else math.nan,
+            "tuned": ", ".join(sorted(set(group.get("tuned", pd.Series(dtype=str)).dropna()) - {""})),
         })
     summary = pd.DataFrame(rows).round(DECIMALS)
     order = {n: i for i, n in enumerate(norm_order(summary["norm"].unique()))}
@@ -145,21 +146,35 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in text)
 
 
-def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
-    """Write summary.csv, the figures and report.md into `out`; returns the summary and the files."""
-    runs, extra = collected.runs, collected.extra_keys
-    summary = summarize(runs, extra)
-    out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.10g")
-    files = [out / SUMMARY_FILE]
+def intro(collected: Collected, sources: list[Path], tuned: bool) -> list[str]:
+    """report.md's opening: where the runs came from, how they are averaged, whether tuned."""
+    runs = collected.runs
     counts = runs["status"].value_counts().to_dict()
     md = ["# normbench report", "",
           f"Sources: {', '.join(f'`{s}`' for s in sources)}. Runs found: {len(runs) + len(collected.skipped)}: "
-          + ", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(collected.skipped)} skipped (unreadable results).",
+          + ", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(collected.skipped)} skipped (see below).",
           "", "Means are over completed runs only (n_seeds); diverged, failed and unfinished runs are counted "
           "separately and listed below. The same table is in `summary.csv`. With two or more seeds, ± and the "
           "`*_ci95` columns are the half-width of the 95 % Student t confidence interval of the mean over seeds; "
           "differences are tested with Welch's t-test, and with a paired t-test where both norms ran the same seeds.", ""]
+    if tuned:
+        md += ["This is a tuned sweep: each norm and batch size is compared at its own best setting (column `tuned`), "
+               "chosen by the final validation accuracy averaged over seeds; the test split played no part in the "
+               "choice. The runs of the other settings are listed under skipped runs.", ""]
+    return md
+
+
+def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """Write summary.csv, the figures and report.md into `out`; returns the summary and the files."""
+    runs, extra = collected.runs, collected.extra_keys
+    summary = summarize(runs, extra)
+    tuned = summary["tuned"].astype(bool).any()
+    if not tuned:  # a plain sweep: no column of empty cells
+        summary = summary.drop(columns=["tuned"])
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.10g")
+    files = [out / SUMMARY_FILE]
+    md = intro(collected, sources, tuned)
     several_devices = summary["device"].nunique() > 1
     for (dataset, model), part in summary.groupby(["dataset", "model"], sort=False):
         title = f"{dataset} / {model}"
@@ -192,7 +207,7 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
         md += [f"| `{r.run_dir}` | {r.norm} | {r.batch_size} | {r.seed} | {r.status} | {r.reason} |" for r in bad.itertuples()]
         md += [""]
     if collected.skipped:
-        md += ["## Skipped runs (unreadable results)", "", "| run | why |", "|---|---|"]
+        md += ["## Skipped runs", "", "| run | why |", "|---|---|"]
         md += [f"| `{path}` | {why} |" for path, why in collected.skipped] + [""]
     probe_files, probe_md = extras.probe_section(runs["run_dir"], out)
     bench_files, bench_md = extras.bench_section(extras.find_bench_csvs(sources), out)
