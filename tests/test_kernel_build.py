@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from normbench.config import validate
 from normbench.errors import NormbenchError
 from normbench.kernels import build, fused_bn_pool
 
-from conftest import REPO
+from conftest import REPO, tiny_config
 
 V4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
@@ -153,6 +154,15 @@ def test_without_a_compiler_the_kernel_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
     with pytest.raises(NormbenchError, match=r"no C\+\+ compiler: .*no-such-g\+\+ is not on PATH \(install g\+\+, or set CXX"):
         build.load(fused_bn_pool.SPEC)
+
+
+def test_the_bench_builds_the_kernel_before_it_times_anything(monkeypatch):
+    from normbench.bench import harness
+
+    calls = []
+    monkeypatch.setattr(fused_bn_pool, "ensure_built", lambda: calls.append("built"))
+    harness.bench_setup(validate(tiny_config(), "t"))
+    assert calls == ["built"]
 
 
 def second_python(tmp_path: Path) -> tuple[Path, Path]:
