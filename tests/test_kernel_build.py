@@ -77,7 +77,7 @@ def test_isa_level_is_the_highest_the_cpu_flags_allow():
 def test_flags_are_portable_never_native():
     flags = build.build_inputs(fused_bn_pool.SPEC, build.host_isa())["cflags"]
     assert not any("native" in flag for flag in flags)
-    assert build.host_isa() not in build.ISA_FLAGS or flags[-1] == f"-march={build.host_isa()}"
+    assert build.host_isa() not in build.ISA_FLAGS or f"-march={build.host_isa()}" in flags
 
 
 def fake_compiler(calls: list):
