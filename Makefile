@@ -10,9 +10,9 @@ STAMP := $(VENV)/.normbench-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	# Build the fused CPU kernel once now (~30 s), not inside the first run; where it cannot be
-	# built, runs go without it and their meta.json says why.
-	$(BIN)/python -m normbench.kernels.fused_bn_pool
+	# Build the fused CPU kernel now (~30 s, once per torch version, source and CPU level), not
+	# inside the first run; where it cannot be built, runs go without it and meta.json says why.
+	$(BIN)/python -m normbench.kernels
 	touch $(STAMP)
 
 data:

@@ -1,1 +1,1 @@
-"""Compiled kernels for the fast path, built once with torch.utils.cpp_extension."""
+"""Compiled kernels for the fast path: C++ sources in .cpp files, built by build.py once per binary."""
