@@ -29,6 +29,16 @@ def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
+def affine_parameters(module: nn.Module, shape, enabled: bool) -> None:
+    """Register `weight` (ones) and `bias` (zeros) of `shape` on `module`, or both as None when disabled."""
+    if enabled:
+        module.weight = nn.Parameter(torch.ones(shape))
+        module.bias = nn.Parameter(torch.zeros(shape))
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
 class _RunningStats(nn.Module):
     """Affine parameters and running-statistics buffers, named and initialized as in torch's _NormBase."""
 
@@ -36,12 +46,7 @@ class _RunningStats(nn.Module):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, num_features, affine)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
@@ -156,12 +161,7 @@ class ReferenceGroupNorm(nn.Module):
         if num_channels % num_groups:
             raise ValueError("num_channels must be divisible by num_groups")
         self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels))
-            self.bias = nn.Parameter(torch.zeros(num_channels))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, num_channels, affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = stats_dtype(x)
@@ -183,12 +183,7 @@ class ReferenceLayerNorm(nn.Module):
     def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
         self.normalized_shape, self.eps, self.elementwise_affine = (normalized_shape,), eps, elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(normalized_shape))
-            self.bias = nn.Parameter(torch.zeros(normalized_shape))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, normalized_shape, elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = stats_dtype(x)
