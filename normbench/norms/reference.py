@@ -39,6 +39,13 @@ def affine_parameters(module: nn.Module, shape, enabled: bool) -> None:
         module.register_parameter("bias", None)
 
 
+def apply_affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """y * weight + bias with per-channel (C,) weight and bias; y itself when there is no weight."""
+    if weight is None:
+        return y
+    return y * channel_view(weight, y.dim()) + channel_view(bias, y.dim())
+
+
 class _RunningStats(nn.Module):
     """Affine parameters and running-statistics buffers, named and initialized as in torch's _NormBase."""
 
@@ -64,9 +71,7 @@ class _RunningStats(nn.Module):
             self.num_batches_tracked.zero_()
 
     def _affine(self, x_hat: torch.Tensor) -> torch.Tensor:
-        if not self.affine:
-            return x_hat
-        return x_hat * channel_view(self.weight, x_hat.dim()) + channel_view(self.bias, x_hat.dim())
+        return apply_affine(x_hat, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -169,9 +174,7 @@ class ReferenceGroupNorm(nn.Module):
         grouped = xs.reshape(n, self.num_groups, -1)  # (N, G, C/G * spatial); copies a channels_last input
         var, mean = torch.var_mean(grouped, dim=2, correction=0, keepdim=True)  # (N, G, 1)
         x_hat = ((grouped - mean) * torch.rsqrt(var + self.eps)).view(x.shape)
-        if self.affine:
-            x_hat = x_hat * channel_view(self.weight, x.dim()) + channel_view(self.bias, x.dim())
-        return x_hat.to(x.dtype)
+        return apply_affine(x_hat, self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
