@@ -477,3 +477,9 @@ def test_every_zoo_norm_trains_the_same_in_a_captured_cuda_graph(tmp_path, deter
         results[capture] = (lane_losses(trainer, 100), buffers(trainer.model))
     torch.testing.assert_close(torch.tensor(results[True][0]), torch.tensor(results[False][0]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-6)  # running statistics
+
+
+def test_every_registered_norm_has_its_own_figure_colour():
+    from normbench.report.style import colour
+
+    assert len({colour(name) for name in NORMS}) == len(NORMS)
