@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from normbench.errors import ConfigError
-from normbench.norms import IMPLS, NORMS
+from normbench.norms import IMPLS, NORMS, NormOptions
 from normbench.values import parse_assignment, parse_value
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
@@ -121,23 +121,9 @@ class NormConfig(_Strict):
         return round(1.0 - self.momentum, 12)  # 1 - 0.99 = 0.010000000000000009 otherwise
 
     def options(self) -> dict[str, Any]:
-        """The keyword options `norms.make_norm` takes."""
-        return {
-            "eps": self.eps,
-            "momentum": self.torch_momentum(),
-            "r_max": self.r_max,
-            "d_max": self.d_max,
-            "renorm_warmup_steps": self.renorm_warmup_steps,
-            "renorm_relax_steps": self.renorm_relax_steps,
-            "frn_learnable_eps": self.frn_learnable_eps,
-            "affine": self.affine,
-            "track_running_stats": self.track_running_stats,
-            "groups": self.groups,
-            "sync": self.sync,
-            "ghost_batch_size": self.ghost_batch_size,
-            "ws_eps": self.ws_eps,
-            "dyt_alpha_init": self.dyt_alpha_init,
-        }
+        """The keyword options `norms.make_norm` takes: every NormOptions field, momentum in torch's convention."""
+        return {**{name: getattr(self, name) for name in NormOptions.__dataclass_fields__},
+                "momentum": self.torch_momentum()}
 
 
 class PreciseBNConfig(_Strict):
@@ -234,10 +220,8 @@ class Config(_Strict):
             )
         ghost = self.norm.ghost_batch_size
         if self.norm.type == "ghost_batch" and ghost < self.batch_size and self.batch_size % ghost:
-            raise ValueError(
-                f"norm.ghost_batch_size={ghost} does not split batch_size={self.batch_size} into equal ghost batches; "
-                f"use a divisor of {self.batch_size} or a size >= {self.batch_size} (plain batch norm)"
-            )
+            raise ValueError(f"norm.ghost_batch_size={ghost} does not split batch_size={self.batch_size} into equal ghost "
+                             f"batches; use a divisor of {self.batch_size} or a size >= {self.batch_size} (plain batch norm)")
         if self.norm.sync and (self.norm.type != "batch" or self.norm.impl != "torch"):
             raise ValueError(
                 f"norm.sync=true applies to batch norm with impl torch only, not norm.type={self.norm.type} "
@@ -257,12 +241,10 @@ def _check_packable(cfg: "Config") -> None:
     if cfg.model not in PACKABLE_MODELS:
         raise ValueError(f"pack={cfg.pack} is not supported with model {cfg.model}; packable models: "
                          f"{', '.join(PACKABLE_MODELS)} (or set pack: 1)")
-    if cfg.norm.type not in PACKABLE_NORMS:
-        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type}: packing converts only PyTorch's "
-                         f"own norm modules exactly; packable norms: {', '.join(PACKABLE_NORMS)} (or set pack: 1)")
-    if cfg.norm.impl != "torch":
-        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type} impl {cfg.norm.impl}: packing "
-                         f"converts only PyTorch's own modules; use norm.impl=torch (or set pack: 1)")
+    if cfg.norm.type not in PACKABLE_NORMS or cfg.norm.impl != "torch":
+        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type} (impl {cfg.norm.impl}): packing "
+                         f"converts only PyTorch's own modules of {', '.join(PACKABLE_NORMS)} exactly; use one with "
+                         "impl torch (or set pack: 1)")
     unsupported = [key for key, used in (("probe", cfg.probe), ("precise_bn", cfg.precise_bn), ("norm.sync", cfg.norm.sync))
                    if used]
     if unsupported:

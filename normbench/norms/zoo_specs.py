@@ -14,7 +14,8 @@ from normbench.norms.zoo import DynamicTanh, GlobalResponseNorm, ReferenceWSGrou
 def build_ghost_batch(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     """GhostBatchNorm with norm.ghost_batch_size samples per ghost batch."""
     return GhostBatchNorm(channels, ghost_batch_size=opts.ghost_batch_size, eps=opts.eps, momentum=opts.momentum,
-                          affine=pick(opts.affine, True), track_running_stats=pick(opts.track_running_stats, True), dims=dims)
+                          affine=pick(opts.affine, True), track_running_stats=pick(opts.track_running_stats, True),
+                          dims=dims)
 
 
 def build_ws_group(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
@@ -73,7 +74,8 @@ ZOO_NORMS: dict[str, NormSpec] = {
         False,
         build_ws_group,
         options="eps, affine, groups, ws_eps",
-        impls="torch: WSGroupNorm (nn.GroupNorm); reference: ReferenceWSGroupNorm; both: zoo.standardize_weight",
+        impls="torch: normbench.norms.zoo.WSGroupNorm (nn.GroupNorm); reference: normbench.norms.zoo.ReferenceWSGroupNorm; "
+        "the weight: normbench.norms.zoo.standardize_weight",
     ),
     "evonorm_b0": NormSpec(
         "evonorm_b0",
