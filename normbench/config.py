@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from normbench.errors import ConfigError
-from normbench.norms import IMPLS, NORMS
+from normbench.norms import IMPLS, NORMS, NormOptions
 from normbench.values import parse_assignment, parse_value
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
@@ -78,8 +78,8 @@ class NormConfig(_Strict):
         "but false for instance)")
     track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default "
         "(true for batch, false for instance)")
-    groups: int | None = Field(None, ge=1, description="group norm: number of groups; null = the largest divisor of C "
-        "that is ≤ 32. A value that does not divide a layer's channels is an error naming the layer")
+    groups: int | None = Field(None, ge=1, description="group, ws_group, evonorm_s0: number of groups; null = the largest "
+        "divisor of C that is ≤ 32. A value that does not divide a layer's channels is an error naming the layer")
     placement: Literal["pre", "post"] = Field("pre", description="norm before the activation (`pre`, as in the BN paper) "
         "or after it (`post`)")
     impl: str = Field("torch", description="`torch`: PyTorch's modules; `reference`: normbench's from-scratch modules "
@@ -97,6 +97,12 @@ class NormConfig(_Strict):
         "learned on feature vectors, fixed on maps")
     sync: bool = Field(False, description="batch norm (impl torch) only: in a data-parallel run, batch statistics over "
         "the global batch of all processes (docs/scaling.md); with one process it is plain batch norm")
+    ghost_batch_size: int = Field(16, ge=2, description="ghost_batch: samples per ghost batch; must divide `batch_size`, "
+        "or be at least as large (one ghost batch: plain batch norm)")
+    ws_eps: float = Field(1e-6, gt=0, description="ws_group: added to each filter's weight variance before the square "
+        "root (timm's StdConv2d value)")
+    dyt_alpha_init: float = Field(0.5, gt=0, description="dyt: initial value of the learnable scalar α in "
+        "γ·tanh(α·x) + β (the paper's α0)")
 
     @field_validator("type")
     @classmethod
@@ -115,20 +121,9 @@ class NormConfig(_Strict):
         return round(1.0 - self.momentum, 12)  # 1 - 0.99 = 0.010000000000000009 otherwise
 
     def options(self) -> dict[str, Any]:
-        """The keyword options `norms.make_norm` takes."""
-        return {
-            "eps": self.eps,
-            "momentum": self.torch_momentum(),
-            "r_max": self.r_max,
-            "d_max": self.d_max,
-            "renorm_warmup_steps": self.renorm_warmup_steps,
-            "renorm_relax_steps": self.renorm_relax_steps,
-            "frn_learnable_eps": self.frn_learnable_eps,
-            "affine": self.affine,
-            "track_running_stats": self.track_running_stats,
-            "groups": self.groups,
-            "sync": self.sync,
-        }
+        """The keyword options `norms.make_norm` takes: every NormOptions field, momentum in torch's convention."""
+        return {**{name: getattr(self, name) for name in NormOptions.__dataclass_fields__},
+                "momentum": self.torch_momentum()}
 
 
 class PreciseBNConfig(_Strict):
@@ -223,6 +218,10 @@ class Config(_Strict):
                 f"batch_size={self.batch_size} with norm.type={self.norm.type}: batch statistics need "
                 "at least 2 samples per batch; use batch_size >= 2 or another norm"
             )
+        ghost = self.norm.ghost_batch_size
+        if self.norm.type == "ghost_batch" and ghost < self.batch_size and self.batch_size % ghost:
+            raise ValueError(f"norm.ghost_batch_size={ghost} does not split batch_size={self.batch_size} into equal ghost "
+                             f"batches; use a divisor of {self.batch_size} or a size >= {self.batch_size} (plain batch norm)")
         if self.norm.sync and (self.norm.type != "batch" or self.norm.impl != "torch"):
             raise ValueError(
                 f"norm.sync=true applies to batch norm with impl torch only, not norm.type={self.norm.type} "
@@ -243,8 +242,9 @@ def _check_packable(cfg: "Config") -> None:
         raise ValueError(f"pack={cfg.pack} is not supported with model {cfg.model}; packable models: "
                          f"{', '.join(PACKABLE_MODELS)} (or set pack: 1)")
     if cfg.norm.type not in PACKABLE_NORMS or cfg.norm.impl != "torch":
-        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type} (impl {cfg.norm.impl}); "
-                         f"packable norms: {', '.join(PACKABLE_NORMS)} with impl torch (or set pack: 1)")
+        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type} (impl {cfg.norm.impl}): packing "
+                         f"converts only PyTorch's own modules of {', '.join(PACKABLE_NORMS)} exactly; use one with "
+                         "impl torch (or set pack: 1)")
     unsupported = [key for key, used in (("probe", cfg.probe), ("precise_bn", cfg.precise_bn), ("norm.sync", cfg.norm.sync))
                    if used]
     if unsupported:

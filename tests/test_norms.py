@@ -132,5 +132,5 @@ def test_unknown_norm_lists_the_valid_ones():
         get_spec("bn")
 
 
-def test_only_batch_and_batch_renorm_are_batch_dependent():
-    assert [n for n, s in NORMS.items() if s.batch_dependent] == ["batch", "batch_renorm"]
+def test_only_norms_with_batch_statistics_are_batch_dependent():
+    assert [n for n, s in NORMS.items() if s.batch_dependent] == ["batch", "batch_renorm", "ghost_batch", "evonorm_b0"]

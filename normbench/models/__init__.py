@@ -31,7 +31,9 @@ def _block(
     """layer -> norm -> activation (pre) or layer -> activation -> norm (post), named by index."""
     kind = "conv" if dims == 2 else "fc"
     norm = norm_factory(channels, dims, f"norm{index}")
-    if hasattr(norm, "wrap_layer"):  # weight reparametrization: the slot stays identity, the layer is wrapped
+    # weight_norm / spectral_norm (the slot is identity) and ws_group (the slot is group norm)
+    # reparametrize the block's layer: its weight is computed from the original on each use
+    if hasattr(norm, "wrap_layer"):
         layer = norm.wrap_layer(layer)
     parts = [(f"{kind}{index}", layer)]
     if placement == "pre":

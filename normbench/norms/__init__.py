@@ -6,68 +6,22 @@ Shapes: `dims=2` means feature maps (N, C, H, W); `dims=1` means feature vectors
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from torch import nn
 
+from normbench.errors import ConfigError
 from normbench.norms import reference as ref
 from normbench.norms import schemes
-from normbench.errors import ConfigError
+from normbench.norms.spec import NormOptions, NormSpec, default_groups, pick, resolve_groups
 from normbench.norms.sync_batchnorm import AllReduceBatchNorm
+from normbench.norms.zoo_specs import ZOO_NORMS
+
+__all__ = ["IMPLS", "NORMS", "NormOptions", "NormSpec", "default_groups", "get_spec", "make_norm", "norm_names"]
 
 # torch: PyTorch's own modules; reference: normbench's from-scratch modules (reference_norms.py).
 # Schemes PyTorch has no module for (batch_renorm, frn) and the weight reparametrizations
 # (weight_norm, spectral_norm, through torch.nn.utils.parametrizations) have one implementation,
 # built for either value; the README's norm table says which.
 IMPLS = ("torch", "reference")
-
-
-@dataclass(frozen=True)
-class NormOptions:
-    """Options shared by every norm; `None` means "the layer type's own PyTorch default"."""
-
-    eps: float = 1e-5
-    momentum: float | None = 0.1  # None: cumulative moving average (PyTorch semantics)
-    affine: bool | None = None
-    track_running_stats: bool | None = None
-    groups: int | None = None
-    # batch_renorm (Ioffe 2017): clipping limits reached after the warm-up-then-relax schedule
-    r_max: float = 3.0
-    d_max: float = 5.0
-    renorm_warmup_steps: int = 500  # steps of plain batch norm (r_max = 1, d_max = 0)
-    renorm_relax_steps: int = 2000  # steps to relax linearly to r_max / d_max
-    # frn: learnable eps; None = learnable on feature vectors (N, F), fixed on maps (the paper's advice)
-    frn_learnable_eps: bool | None = None
-    sync: bool = False  # batch norm only: statistics over all processes (sync_batchnorm.py)
-
-
-@dataclass(frozen=True)
-class NormSpec:
-    """What a registered norm is, for users (README, errors) and for validation."""
-
-    name: str
-    summary: str
-    maps: str  # what it normalizes over on (N, C, H, W)
-    features: str  # what it normalizes over on (N, F)
-    batch_dependent: bool  # statistics over the batch: needs at least 2 samples per batch
-    build: Callable[[int, int, NormOptions, str, str], nn.Module]  # (channels, dims, opts, layer, impl)
-    train_eval: str = "same"  # how train and eval mode differ
-    options: str = "eps, affine"  # the norm.* options it reads
-    impls: str = "torch: PyTorch module; reference: reference_norms.py"
-
-
-def _pick(value, default):
-    return default if value is None else value
-
-
-def default_groups(channels: int) -> int:
-    """The largest divisor of `channels` that is at most min(32, channels) (the GN paper uses 32)."""
-    return max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _build_none(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
@@ -78,8 +32,8 @@ def _build_batch(channels: int, dims: int, opts: NormOptions, layer: str, impl: 
     kwargs = dict(
         eps=opts.eps,
         momentum=opts.momentum,
-        affine=_pick(opts.affine, True),
-        track_running_stats=_pick(opts.track_running_stats, True),
+        affine=pick(opts.affine, True),
+        track_running_stats=pick(opts.track_running_stats, True),
     )
     if impl == "reference":
         return ref.ReferenceBatchNorm(channels, dims=dims, **kwargs)
@@ -90,7 +44,7 @@ def _build_batch(channels: int, dims: int, opts: NormOptions, layer: str, impl: 
 
 
 def _build_layer(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
-    affine = _pick(opts.affine, True)
+    affine = pick(opts.affine, True)
     if dims == 2:
         # Over (C, H, W) per sample with a per-channel gamma/beta: GroupNorm with one group,
         # as in the Group Normalization paper (independent of the map size).
@@ -101,14 +55,9 @@ def _build_layer(channels: int, dims: int, opts: NormOptions, layer: str, impl: 
 
 
 def _build_group(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
-    groups = opts.groups if opts.groups is not None else default_groups(channels)
-    if channels % groups:
-        raise ConfigError(
-            f"norm.groups={groups} does not divide the {channels} channels of layer '{layer}'; "
-            f"use a divisor of {channels} ({', '.join(map(str, _divisors(channels)))}) or leave groups unset"
-        )
+    groups = resolve_groups(channels, opts, layer)
     cls = ref.ReferenceGroupNorm if impl == "reference" else nn.GroupNorm
-    return cls(groups, channels, eps=opts.eps, affine=_pick(opts.affine, True))
+    return cls(groups, channels, eps=opts.eps, affine=pick(opts.affine, True))
 
 
 def _build_instance(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
@@ -122,20 +71,20 @@ def _build_instance(channels: int, dims: int, opts: NormOptions, layer: str, imp
         channels,
         eps=opts.eps,
         momentum=opts.momentum,
-        affine=_pick(opts.affine, False),
-        track_running_stats=_pick(opts.track_running_stats, False),
+        affine=pick(opts.affine, False),
+        track_running_stats=pick(opts.track_running_stats, False),
     )
 
 
 def _build_batch_renorm(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     return schemes.BatchRenorm(
-        channels, eps=opts.eps, momentum=opts.momentum, affine=_pick(opts.affine, True), dims=dims,
+        channels, eps=opts.eps, momentum=opts.momentum, affine=pick(opts.affine, True), dims=dims,
         r_max=opts.r_max, d_max=opts.d_max, warmup_steps=opts.renorm_warmup_steps, relax_steps=opts.renorm_relax_steps,
     )
 
 
 def _build_frn(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
-    learnable = _pick(opts.frn_learnable_eps, dims == 1)
+    learnable = pick(opts.frn_learnable_eps, dims == 1)
     return schemes.FilterResponseNorm(channels, eps=opts.eps, learnable_eps=learnable)
 
 
@@ -230,6 +179,7 @@ NORMS: dict[str, NormSpec] = {
         options="-",
         impls="torch.nn.utils.parametrizations.spectral_norm (both)",
     ),
+    **ZOO_NORMS,  # 2017-2025: ghost_batch, ws_group, evonorm_b0, evonorm_s0, rms, grn, dyt (zoo_specs.py)
 }
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.norms.ghost import GhostBatchNorm
 from normbench.norms.reference import ReferenceBatchNorm
 from normbench.norms.schemes import BatchRenorm
 
@@ -24,11 +25,11 @@ DIAGNOSTIC_COLUMNS = ("test_loss_batch_stats", "test_acc_batch_stats", "test_los
 
 
 def batch_norm_modules(model: nn.Module) -> list[nn.Module]:
-    """The model's batch-norm layers that keep running statistics (batch renorm excluded)."""
+    """The model's batch-norm layers that keep running statistics (batch renorm and ghost batch norm excluded)."""
     found = []
     for module in model.modules():
         is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm) or (
-            isinstance(module, ReferenceBatchNorm) and not isinstance(module, BatchRenorm)
+            isinstance(module, ReferenceBatchNorm) and not isinstance(module, (BatchRenorm, GhostBatchNorm))
         )
         if is_bn and module.track_running_stats:
             found.append(module)

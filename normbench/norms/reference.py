@@ -29,6 +29,23 @@ def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
+def affine_parameters(module: nn.Module, shape, enabled: bool) -> None:
+    """Register `weight` (ones) and `bias` (zeros) of `shape` on `module`, or both as None when disabled."""
+    if enabled:
+        module.weight = nn.Parameter(torch.ones(shape))
+        module.bias = nn.Parameter(torch.zeros(shape))
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
+def apply_affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """y * weight + bias with per-channel (C,) weight and bias; y itself when there is no weight."""
+    if weight is None:
+        return y
+    return y * channel_view(weight, y.dim()) + channel_view(bias, y.dim())
+
+
 class _RunningStats(nn.Module):
     """Affine parameters and running-statistics buffers, named and initialized as in torch's _NormBase."""
 
@@ -36,12 +53,7 @@ class _RunningStats(nn.Module):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, num_features, affine)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
@@ -59,9 +71,7 @@ class _RunningStats(nn.Module):
             self.num_batches_tracked.zero_()
 
     def _affine(self, x_hat: torch.Tensor) -> torch.Tensor:
-        if not self.affine:
-            return x_hat
-        return x_hat * channel_view(self.weight, x_hat.dim()) + channel_view(self.bias, x_hat.dim())
+        return apply_affine(x_hat, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -156,12 +166,7 @@ class ReferenceGroupNorm(nn.Module):
         if num_channels % num_groups:
             raise ValueError("num_channels must be divisible by num_groups")
         self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels))
-            self.bias = nn.Parameter(torch.zeros(num_channels))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, num_channels, affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = stats_dtype(x)
@@ -169,9 +174,7 @@ class ReferenceGroupNorm(nn.Module):
         grouped = xs.reshape(n, self.num_groups, -1)  # (N, G, C/G * spatial); copies a channels_last input
         var, mean = torch.var_mean(grouped, dim=2, correction=0, keepdim=True)  # (N, G, 1)
         x_hat = ((grouped - mean) * torch.rsqrt(var + self.eps)).view(x.shape)
-        if self.affine:
-            x_hat = x_hat * channel_view(self.weight, x.dim()) + channel_view(self.bias, x.dim())
-        return x_hat.to(x.dtype)
+        return apply_affine(x_hat, self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
@@ -183,12 +186,7 @@ class ReferenceLayerNorm(nn.Module):
     def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
         self.normalized_shape, self.eps, self.elementwise_affine = (normalized_shape,), eps, elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(normalized_shape))
-            self.bias = nn.Parameter(torch.zeros(normalized_shape))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, normalized_shape, elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = stats_dtype(x)

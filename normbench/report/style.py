@@ -13,7 +13,9 @@ from matplotlib.figure import Figure
 
 from normbench.norms import NORMS
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# One colour per registered norm (16 since the norm zoo), so no two norms of a figure share one.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+           "#393b79", "#e7ba52", "#637939", "#ad494a", "#000000", "#6b6ecf", "#31a354", "#843c39")
 LINE_STYLES = ("-", "--", ":", "-.")
 DPI = 110
 PANEL_SIZE = (5.2, 3.9)  # inches per panel of a grid of panels

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, NormbenchError
+from normbench.norms import NORMS
 
 TIMEOUT_ENV = "NORMBENCH_DIST_TIMEOUT_S"  # seconds a collective may wait for a peer
 DEFAULT_TIMEOUT_S = 300.0
@@ -116,10 +117,11 @@ def check_world(cfg, world_size: int) -> None:
         raise ConfigError("probe records one process's activations and is not available in data-parallel runs; "
                           "drop probe or run without --nproc / torchrun")
     per = cfg.batch_size // world_size
-    if cfg.norm.type == "batch" and not cfg.norm.sync and per < 2 and world_size > 1:
+    if NORMS[cfg.norm.type].batch_dependent and not cfg.norm.sync and per < 2 and world_size > 1:
+        sync = " or norm.sync=true" if cfg.norm.type == "batch" else ""
         raise ConfigError(
             f"batch_size={cfg.batch_size} over {world_size} processes leaves {per} sample per process, and unsynced "
-            f"batch norm needs >= 2 per process; use batch_size >= {2 * world_size} or norm.sync=true"
+            f"{cfg.norm.type} norm needs >= 2 per process; use batch_size >= {2 * world_size}{sync}"
         )
 
 
