@@ -104,15 +104,11 @@ class NormConfig(_Strict):
     dyt_alpha_init: float = Field(0.5, gt=0, description="dyt: initial value of the learnable scalar α in "
         "γ·tanh(α·x) + β (the paper's α0)")
 
-    @field_validator("type")
+    @field_validator("type", "impl")
     @classmethod
-    def _known_norm(cls, value: str) -> str:
-        return _one_of(value, NORMS, "norm")
-
-    @field_validator("impl")
-    @classmethod
-    def _known_impl(cls, value: str) -> str:
-        return _one_of(value, IMPLS, "implementation")
+    def _registered(cls, value: str, info) -> str:
+        valid, what = {"type": (NORMS, "norm"), "impl": (IMPLS, "implementation")}[info.field_name]
+        return _one_of(value, valid, what)
 
     def torch_momentum(self) -> float | None:
         """The momentum in PyTorch's convention (keras 0.99 -> 0.01); None stays the cumulative average."""
