@@ -17,7 +17,9 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 def _cfg(name, data_dir=None):
-    return validate({"dataset": {"name": name, "data_dir": str(data_dir) if data_dir else None}}, "t").dataset
+    """The dataset config, every training sample kept (the validation split is tested in test_validation.py)."""
+    return validate({"dataset": {"name": name, "data_dir": str(data_dir) if data_dir else None, "val_samples": 0}},
+                    "t").dataset
 
 
 @pytest.mark.parametrize("layout", ["torchvision", "flat-gz"])

@@ -111,7 +111,8 @@ def test_run_on_tiny_mnist_files(runner, write_config, tmp_path):
                            env={"NORMBENCH_CACHE": str(tmp_path / "cache")})
     assert result.exit_code == 0, result.output
     meta = read_meta(only_run_dir(tmp_path / "r"))
-    assert meta["data"]["train_samples"] == 64 and meta["data"]["source"].endswith("raw")
+    assert meta["data"]["source"].endswith("raw")
+    assert (meta["data"]["train_samples"], meta["data"]["val_samples"]) == (58, 6)  # a tenth held out for validation
 
 
 def test_run_on_tiny_cifar_files(runner, write_config, tmp_path):
@@ -120,7 +121,7 @@ def test_run_on_tiny_cifar_files(runner, write_config, tmp_path):
     result = runner.invoke(app, ["run", str(config), "--results-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     meta = read_meta(only_run_dir(tmp_path / "r"))
-    assert meta["data"]["train_samples"] == 40 and meta["steps_per_epoch"] == 5
+    assert (meta["data"]["train_samples"], meta["data"]["val_samples"], meta["steps_per_epoch"]) == (36, 4, 4)
 
 
 def test_divergence_is_recorded_with_exit_code_3(runner, write_config, tmp_path):
