@@ -156,3 +156,24 @@ def test_a_checkpoint_of_the_seed_cnn_with_adam_is_under_10_mb(tmp_path):
     size = (tmp_path / "checkpoint.pt").stat().st_size
     assert 3e6 < size < 10e6  # 422k parameters, Adam's two moments: about 5 MB
     assert load(tmp_path / "checkpoint.pt")["position"]["steps_done"] == 1
+
+
+def test_a_killed_sweep_continues_its_point_from_the_checkpoint(runner, write_config, tmp_path):
+    config = write_config(**SLOW_TINY)
+    args = ["sweep", str(config), "--norms", "batch", "--batch-sizes", "16", "--jobs", "1",
+            "--results-dir", str(tmp_path), "--name", "s"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "normbench", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    point = tmp_path / "sweeps" / "s" / "runs" / "norm=batch_bs=16_seed=0"
+    deadline = time.monotonic() + 240
+    while "checkpoint" not in (read_meta(point) or {}) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = read_meta(point)
+    assert meta["status"] == "completed" and meta["resumes"][0]["from_step"] == 128  # not from step 0
+    assert len(rows(point / "epochs.csv")) == 3
