@@ -1,7 +1,9 @@
 """Datasets as device-resident tensors.
 
-Each split is held whole as one normalized float32 tensor (N, C, H, W) on the run's device;
-training slices batches from it by a seeded permutation, with no per-sample loader.
+Each split is held whole on the run's device: as one normalized float32 tensor (N, C, H, W), or,
+for a real dataset's training split on a GPU, as uint8 pixels normalized per batch
+(`images.U8Images`: the same floats at a quarter of the memory). Training gathers batches from it
+by a seeded permutation, with no per-sample loader.
 
 Lookup for a real dataset: `data_dir` (config or --data-dir), else $NORMBENCH_DATA; then the
 system copy (Debian's dataset-fashion-mnist for Fashion-MNIST); then torchvision's download.
@@ -23,6 +25,7 @@ from torchvision import datasets as tv
 
 from normbench.errors import NormbenchError
 from normbench.formats import FormatError, check_idx, read_cifar_batch
+from normbench.images import U8Images, normalize_like, normalize_u8
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = (
@@ -71,7 +74,8 @@ DATASETS: dict[str, DatasetInfo] = {
 
 @dataclass
 class TensorData:
-    """A dataset held as tensors: x (N, C, H, W) float32 normalized, y (N,) int64."""
+    """A dataset held as tensors: x (N, C, H, W) float32 normalized, y (N,) int64. train_x may be a
+    `U8Images` (uint8 storage); indexing it gives the same float32 batches."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -274,30 +278,6 @@ def _synthetic(dataset_cfg, seed: int) -> TensorData:
     return TensorData(train_x, train_y, test_x, test_y, classes, info)
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and unbiased std of x (N, C, H, W) in float64, a chunk of samples at a time
-    (a float64 copy of a whole split would double the peak memory of loading it)."""
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    for chunk in x.split(4096):
-        total += chunk.double().sum(dim=(0, 2, 3))
-    n = x.numel() // x.shape[1]
-    mean = total / n
-    squares = torch.zeros_like(total)
-    for chunk in x.split(4096):  # two passes: sum of squared deviations, no cancellation
-        squares += (chunk.double() - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3))
-    return mean, (squares / (n - 1)).sqrt()
-
-
-def normalize_u8(train_u8: torch.Tensor, test_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Scale to [0, 1], then standardize each channel with the training split's mean and std (in place:
-    one float32 copy of each split at the peak)."""
-    train = train_u8.float().div_(255.0)
-    test = test_u8.float().div_(255.0)
-    mean, std = _channel_stats(train)  # (C,) float64
-    m, s = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
-    return train.sub_(m).div_(s), test.sub_(m).div_(s), {"mean": mean.tolist(), "std": std.tolist()}
-
-
 def val_count(dataset_cfg, n_train: int) -> int:
     """How many training samples the validation split holds out: `dataset.val_samples`, or when it
     is null, 5,000 for a real dataset (at most a tenth of its training split) and 0 for synthetic."""
@@ -324,15 +304,13 @@ def hold_out(x: torch.Tensor, y: torch.Tensor, count: int) -> tuple[tuple, tuple
     return (x[train], y[train]), (x[val], y[val])
 
 
-def normalize_like(images_u8: torch.Tensor, stats: dict) -> torch.Tensor:
-    """uint8 images scaled and standardized with `normalize_u8`'s statistics, by the same operations."""
-    m = torch.tensor(stats["mean"]).float().view(1, -1, 1, 1)
-    s = torch.tensor(stats["std"]).float().view(1, -1, 1, 1)
-    return images_u8.float().div_(255.0).sub_(m).div_(s)
-
-
-def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu", data_dir=None) -> TensorData:
-    """Load a dataset config into tensors on `device`, or raise NormbenchError saying how to get it."""
+def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu", data_dir=None,
+                 u8_train: bool | None = None) -> TensorData:
+    """Load a dataset config into tensors on `device`, or raise NormbenchError saying how to get it.
+    u8_train: keep a real dataset's training split as uint8 pixels normalized per batch
+    (`images.U8Images`); None means on CUDA devices only."""
+    if u8_train is None:
+        u8_train = torch.device(device).type == "cuda"
     if dataset_cfg.name == "synthetic":
         data = _synthetic(dataset_cfg, seed)
     else:
@@ -356,7 +334,10 @@ def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu",
             raise NormbenchError(f"dataset {info.name}: expected samples of shape {info.shape}, "
                                  f"found {tuple(train_x.shape[1:])} in {extra['source']}")
         (train_x, train_y), val = hold_out(train_x, train_y, val_count(dataset_cfg, len(train_y)))
-        train_x, test_x, stats = normalize_u8(train_x, test_x)  # statistics of the training part alone
+        train_u8 = train_x
+        train_x, test_x, stats = normalize_u8(train_u8, test_x)  # statistics of the training part alone
+        if u8_train:
+            train_x = U8Images(train_u8, stats)
         extra.update(normalization=stats)
         data = TensorData(train_x, train_y, test_x, test_y, info.num_classes, extra)
         if val is not None:
@@ -364,8 +345,9 @@ def load_dataset(dataset_cfg, seed: int = 0, device: torch.device | str = "cpu",
     if dataset_cfg.name == "synthetic" and (count := val_count(dataset_cfg, len(data.train_y))):
         (data.train_x, data.train_y), (data.val_x, data.val_y) = hold_out(data.train_x, data.train_y, count)
     val_samples = 0 if data.val_y is None else len(data.val_y)
-    data.info.update(train_samples=len(data.train_y), val_samples=val_samples, val_split_seed=VAL_SPLIT_SEED,
-                     test_samples=len(data.test_y), name=dataset_cfg.name)
+    storage = "uint8, normalized per batch" if isinstance(data.train_x, U8Images) else "float32"
+    data.info.update(train_storage=storage, train_samples=len(data.train_y), val_samples=val_samples,
+                     val_split_seed=VAL_SPLIT_SEED, test_samples=len(data.test_y), name=dataset_cfg.name)
     for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         if getattr(data, name) is not None:
             setattr(data, name, getattr(data, name).to(device))
