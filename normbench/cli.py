@@ -5,8 +5,6 @@ Every NormbenchError becomes one red line on stderr and its exit code; no traceb
 
 from __future__ import annotations
 
-import functools
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,57 +12,20 @@ import typer
 from rich.console import Console
 
 from normbench import __version__
-from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
+from normbench.cli_edge import Command, Group, fail, handle_errors
+from normbench.cli_edge import sigterm_as_interrupt as _sigterm_as_interrupt  # the name the commands use
+from normbench.errors import ConfigError
 from normbench.values import parse_ints, parse_names
 
 app = typer.Typer(
     name="normbench",
     help="A lab bench for normalization layers: train, sweep, report.",
+    cls=Group,
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="rich",  # help text escapes literal brackets: 'normbench\\[ray]'
     pretty_exceptions_enable=False,
 )
 console = Console()
-
-
-def fail(message: str, code: int) -> None:
-    """Print one red error line on stderr and exit with `code`."""
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(code)
-
-
-def handle_errors(command):
-    """Turn NormbenchError, Ctrl-C and a full disk into a one-line message and an exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from normbench.results import DISK_FULL
-
-        try:
-            return command(*args, **kwargs)
-        except NormbenchError as exc:
-            fail(exc.message, exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", EXIT_INTERRUPTED)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL:
-                raise
-            where = f" writing '{exc.filename}'" if exc.filename else ""
-            fail(f"{exc.strerror}{where}; free some space and run the command again", EXIT_ERROR)
-
-    return wrapper
-
-
-def _sigterm_as_interrupt() -> None:
-    """Let SIGTERM end a run like Ctrl-C does: status recorded, files flushed."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread (e.g. some test runners)
-        pass
 
 
 def _version(value: bool) -> None:
@@ -93,7 +54,7 @@ DataDirOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config file, e.g. configs/quickstart.yaml.")] = None,
@@ -203,7 +164,7 @@ def bench(
     console.print(f"wrote {bench_module.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 @handle_errors
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A completed run's directory (it holds model.pt).")],
@@ -233,7 +194,7 @@ def eval_(
     console.print(f"appended to {Path(run_dir) / EVAL_FILE}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 def norms() -> None:
     """List the registered normalization layers and what each normalizes over."""
     from rich.table import Table
@@ -248,16 +209,16 @@ def norms() -> None:
     console.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def sweep(
     config: Annotated[
         Optional[Path], typer.Argument(help="Base YAML config; default: the shipped configs/sweep_base.yaml (Fashion-MNIST, cnn).")
     ] = None,
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Batch sizes, e.g. 2,8,64 (default: the base config's).")] = None,
-    norms: Annotated[
-        Optional[str], typer.Option("--norms", help="Norm types, e.g. batch,group (default: every registered norm, see `normbench norms`).")
-    ] = None,
+    norms: Annotated[Optional[str], typer.Option("--norms", help=(
+        "Norm types, e.g. batch,group (default: the norm given with --set norm.type=..., else every registered "
+        "norm, see `normbench norms`; a norm in the CONFIG file does not narrow the default)."))] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (default: the base config's one seed).")] = None,
     grid: Annotated[
         Optional[list[str]], typer.Option("--grid", metavar="KEY=v1,v2", help="Sweep any config key too, e.g. --grid optimizer.lr=0.1,0.01 (repeatable).")
@@ -288,26 +249,25 @@ def sweep(
     )] = 1,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
-    from normbench.norms import NORMS
-    from normbench.sweep.grid import build_axes, parse_grid
+    from normbench.sweep.grid import command_axes, parse_grid
     from normbench.sweep.plan import load_base, run_sweep
 
     base = load_base(config, set_ or [])
-    axes = build_axes(
-        norm_list(norms) if norms is not None else list(NORMS),
-        batch_size_list(batch_sizes) if batch_sizes is not None else [base.batch_size],
-        parse_ints(seeds, "--seeds", 0, "--seeds 0,1,2") if seeds is not None else [base.seed],
+    axes, norms_from = command_axes(
+        base, set_ or [], norm_list(norms) if norms is not None else None,
+        batch_size_list(batch_sizes) if batch_sizes is not None else None,
+        parse_ints(seeds, "--seeds", 0, "--seeds 0,1,2") if seeds is not None else None,
         parse_grid(grid or []) + parse_grid(tune or [], "--tune"),
     )
     _sigterm_as_interrupt()
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
-                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run,
+                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run, norms_from=norms_from,
                      executor=executor, ray_address=ray_address, ray_retries=ray_retries)
     if code:
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def report(
     paths: Annotated[

@@ -246,7 +246,7 @@ def run_sweep(
     base: Config, axes: list[Axis], console, *, lr_scaling: str = "none", jobs: int | None = None,
     name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
     retry_diverged: bool = False, dry_run: bool = False, executor: str = "local", ray_address: str | None = None,
-    ray_retries: int = 1,
+    ray_retries: int = 1, norms_from: str = "--norms",
 ) -> int:
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
     from normbench.data import val_count
@@ -266,7 +266,7 @@ def run_sweep(
     sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
     states = sweep.states(retry_diverged)
     todo = [p for p, runs, _ in states if runs]
-    console.print(plan_table(name, axes, states, budget_text(base), plan.threads, plan.workers(len(todo))))
+    console.print(plan_table(name, axes, states, budget_text(base), plan.threads, plan.workers(len(todo)), norms_from))
     if dry_run:
         return EXIT_OK
     sweep.write_spec()

@@ -20,9 +20,12 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def plan_table(name: str, axes, states, budget: str, threads: int, jobs: int) -> Table:
-    """Every point: its grid values, learning rate, and whether it runs, is skipped or is invalid."""
-    title = f"sweep {name}: {len(states)} points, {budget} each; {jobs} worker(s) x {threads} thread(s)"
+def plan_table(name: str, axes, states, budget: str, threads: int, jobs: int, norms_from: str = "--norms") -> Table:
+    """Every point: its grid values, learning rate, and whether it runs, is skipped or is invalid; the
+    title says where the norms came from (`norms_from`)."""
+    norms = ",".join(map(str, next(a.values for a in axes if a.key == "norm.type")))
+    title = (f"sweep {name}: {len(states)} points, {budget} each; {jobs} worker(s) x {threads} thread(s)\n"
+             f"norms: {norms} (from {norms_from})")
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     for axis in axes:
