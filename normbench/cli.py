@@ -21,6 +21,7 @@ app = typer.Typer(
     name="normbench",
     help="A lab bench for normalization layers: train, sweep, report.",
     cls=Group,
+    epilog="Example: normbench run configs/quickstart.yaml, then normbench report results",
     no_args_is_help=True,
     rich_markup_mode="rich",  # help text escapes literal brackets: 'normbench\\[ray]'
     pretty_exceptions_enable=False,
@@ -54,7 +55,7 @@ DataDirOption = Annotated[
 ]
 
 
-@app.command(cls=Command)
+@app.command(cls=Command, epilog="Example: normbench run configs/quickstart.yaml --set norm.type=group")
 @handle_errors
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config file, e.g. configs/quickstart.yaml.")] = None,
@@ -164,7 +165,8 @@ def bench(
     console.print(f"wrote {bench_module.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
 
 
-@app.command("eval", cls=Command)
+@app.command("eval", cls=Command, epilog=(
+    "Example: normbench eval results/runs/quickstart-20261204-120000 --batch-stats"))
 @handle_errors
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A completed run's directory (it holds model.pt).")],
@@ -181,10 +183,7 @@ def eval_(
     )] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Evaluate a run's saved model again; print loss and accuracy and append them to eval.csv.
-
-    Example: normbench eval results/runs/quickstart-20261204-120000 --batch-stats --batch-size 8
-    """
+    """Evaluate a run's saved model again; print loss and accuracy and append them to eval.csv."""
     from normbench.train.saved import EVAL_FILE, evaluate_saved
 
     row = evaluate_saved(run_dir, split, batch_stats, batch_size, precise_bn, data_dir)
@@ -194,7 +193,7 @@ def eval_(
     console.print(f"appended to {Path(run_dir) / EVAL_FILE}", highlight=False, soft_wrap=True)
 
 
-@app.command(cls=Command)
+@app.command(cls=Command, epilog="Example: normbench norms, then normbench sweep --norms batch,group,layer")
 def norms() -> None:
     """List the registered normalization layers and what each normalizes over."""
     from rich.table import Table
@@ -209,7 +208,7 @@ def norms() -> None:
     console.print(table)
 
 
-@app.command(cls=Command)
+@app.command(cls=Command, epilog="Example: normbench sweep --norms batch,group --batch-sizes 2,8,64")
 @handle_errors
 def sweep(
     config: Annotated[
@@ -267,7 +266,7 @@ def sweep(
         raise typer.Exit(code)
 
 
-@app.command(cls=Command)
+@app.command(cls=Command, epilog="Example: normbench report results/sweeps/sweep_base-1a2b3c4d")
 @handle_errors
 def report(
     paths: Annotated[
