@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from normbench import __version__
-from normbench.cli_edge import Command, Group, fail, handle_errors
+from normbench.cli_edge import Command, Group, command_argv, fail, handle_errors
 from normbench.cli_edge import sigterm_as_interrupt as _sigterm_as_interrupt  # the name the commands use
 from normbench.errors import ConfigError
 from normbench.values import parse_ints, parse_names
@@ -69,6 +69,10 @@ def run(
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="RUN_DIR", help="Continue a failed, interrupted or killed run from its checkpoint.",
     )] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help=(
+        "Run name (sets the config's name; the directory is NAME-<time>). Default: the config's name plus the "
+        "--set overrides, e.g. quickstart-norm=group-bs=8-<time>."))] = None,
+    ctx: typer.Context = None,
 ) -> None:
     """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv, model.pt)."""
     from normbench.config import dump, load_config
@@ -76,7 +80,8 @@ def run(
 
     if config is None and resume is None:
         raise ConfigError("missing CONFIG: pass a YAML config (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
-    cfg = load_config(config, set_ or []) if config is not None else None
+    overrides = [*(set_ or []), *([f"name={name}"] if name is not None else [])]
+    cfg = load_config(config, overrides) if config is not None else None
     if dry_run and cfg is not None:
         dispatch.check(cfg, nproc)
         typer.echo(dump(cfg), nl=False)
@@ -85,17 +90,20 @@ def run(
     if resume is not None:
         outcomes = dispatch.resume_run(resume, cfg, nproc, data_dir, console)
     else:
-        outcomes = dispatch.start(cfg, nproc, results_dir, data_dir, console)
+        named = name is not None or not set_ or any(o.partition("=")[0].strip() == "name" for o in set_)
+        run_name = None if named else f"{cfg.name}-{dispatch.override_tag(set_)}"
+        outcomes = dispatch.start(cfg, nproc, results_dir, data_dir, console, run_name)
     if outcomes is None:  # a torchrun rank other than 0: rank 0 reports
         return
     for outcome in outcomes:
+        dispatch.record_command(outcome.run_dir, command_argv(ctx), set_ or [])
         if outcome.status == "completed":
             final = outcome.final
             console.print(
                 f"[green]completed[/] {outcome.label or outcome.run_dir.name}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
                 f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
                 f"({final['mean_samples_per_s']:,.0f} samples/s)",
-                highlight=False,
+                highlight=False, soft_wrap=True,
             )
             console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
     bad = [o for o in outcomes if o.status != "completed"]

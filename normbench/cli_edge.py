@@ -13,6 +13,7 @@ from typer.core import TyperCommand, TyperGroup
 from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, NormbenchError
 from normbench.values import misplaced_hint
 
+ARGS_KEY = "normbench.args"  # ctx.meta: the command's own arguments, as typed
 LIST_OPTIONS = {"--batch-sizes", "--norms", "--seeds"}  # one comma-separated value each
 
 
@@ -40,6 +41,7 @@ class Command(TyperCommand):
         hint = misplaced_hint(list(args), value_options, LIST_OPTIONS, lambda token: Path(token).exists())
         if hint:
             fail(hint, EXIT_USAGE)
+        ctx.meta[ARGS_KEY] = list(args)
         return super().parse_args(ctx, args)
 
     def get_params(self, ctx):
@@ -87,3 +89,8 @@ def sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not in the main thread (e.g. some test runners)
         pass
+
+
+def command_argv(ctx) -> list[str]:
+    """The command line as typed: `normbench`, the command's name and its arguments."""
+    return ["normbench", ctx.info_name, *ctx.meta.get(ARGS_KEY, [])]
