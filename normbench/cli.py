@@ -204,13 +204,12 @@ def eval_(
 @app.command(cls=Command, epilog="Example: normbench norms, then normbench sweep --norms batch,group,layer")
 def norms() -> None:
     """List the registered normalization layers and what each normalizes over."""
-    from rich.table import Table
-
     from normbench.norms import NORMS
+    from normbench.sweep.view import narrow_table
 
-    table = Table(title="normbench norms")
-    for column in ("name", "what", "on maps (N, C, H, W)", "on features (N, F)", "batch-dependent"):
-        table.add_column(column)
+    table = narrow_table([("name", "left"), ("what", "left"), ("maps (N,C,H,W)", "left"), ("features (N,F)", "left"),
+                          ("batch", "left")])
+    table.title, table.caption = "normbench norms", "batch: whether a sample's output depends on the rest of its batch"
     for spec in NORMS.values():
         table.add_row(spec.name, spec.summary, spec.maps, spec.features, "yes" if spec.batch_dependent else "no")
     console.print(table)

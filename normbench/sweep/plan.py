@@ -4,6 +4,7 @@ Layout of a sweep, `<results>/sweeps/<name>/`:
   sweep.yaml        the base config, the grid and the lr scaling (what defines the sweep)
   runs/<point-id>/  one run directory per point, the same layout as `normbench run`
   index.csv         one row per point, rewritten atomically from the run directories' meta.json
+  logs/<point-id>.log  what the point's worker wrote to stderr (warnings), one section per attempt
 
 The run directories are the source of truth: a point whose meta.json says `completed` is never
 run again; anything else (failed, interrupted, killed mid-run) is cleared and rerun, diverged
@@ -29,6 +30,7 @@ from normbench.sweep.tuning import record, select, tune_keys
 from normbench.sweep.point import PointTask
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
+LOGS_DIR = "logs"  # logs/<point-id>.log: what each point's worker wrote to stderr (torch warnings, ...)
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "val_acc", "val_loss", "test_acc", "samples_per_s", "wall_s")
 DEFAULT_BASE = Path(__file__).resolve().parents[2] / "configs" / "sweep_base.yaml"  # the repository's configs/
 
@@ -176,7 +178,7 @@ class Sweep:
         """The picklable task for one valid point."""
         info = {"name": self.path.name, "values": point.values, **point.info}
         return PointTask(point.point_id, to_dict(point.config), str(self.run_path(point)),
-                         str(data_dir) if data_dir else None, info)
+                         str(data_dir) if data_dir else None, info, str(self.path / LOGS_DIR / f"{point.point_id}.log"))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -251,7 +253,7 @@ def run_sweep(
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
     from normbench.data import val_count
     from normbench.sweep.grid import expand
-    from normbench.sweep.view import SweepProgress, plan_table, summary_table
+    from normbench.sweep.view import SweepProgress, plan_header, plan_table
 
     if tune_keys(axes) and val_count(base.dataset, 10**9) == 0:
         raise ConfigError("--tune selects by val_acc, but the base config has no validation split "
@@ -266,19 +268,40 @@ def run_sweep(
     sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
     states = sweep.states(retry_diverged)
     todo = [p for p, runs, _ in states if runs]
-    console.print(plan_table(name, axes, states, budget_text(base), plan.threads, plan.workers(len(todo)), norms_from))
+    first, *rest = plan_header(name, axes, len(states), budget_text(base), plan.threads, plan.workers(len(todo)),
+                               norms_from)
+    console.print(first, highlight=False, soft_wrap=True, markup=False)
+    for line in rest:
+        console.print(line, highlight=False, markup=False)
+    console.print(plan_table(axes, states))
     if dry_run:
         return EXIT_OK
     sweep.write_spec()
     with SweepLock(sweep.path):
         sweep.write_index()
-        console.print(f"sweep directory: {sweep.path}", highlight=False, soft_wrap=True)
+        console.print("sweep directory:", highlight=False)
+        console.print(str(sweep.path), highlight=False, soft_wrap=True, markup=False)
         runnable = len(points) - sum(1 for p in points if p.invalid)
-        with SweepProgress(console, total=runnable, done=runnable - len(todo)) as view:
+        with SweepProgress(console, total=runnable, done=runnable - len(todo), logs=sweep.path / LOGS_DIR) as view:
             plan.execute(sweep, todo, view, data_dir)
         rows = sweep.write_index()
-    console.print(summary_table(name, axes, rows))
-    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; index: {sweep.path / INDEX_FILE}",
-                  highlight=False, soft_wrap=True)
+    print_summary(console, sweep, rows)
     return exit_code(rows)
+
+
+def print_summary(console, sweep: Sweep, rows: list[dict]) -> None:
+    """The summary table, why points did not complete, the counts, index.csv and the report command;
+    paths on lines of their own, never wrapped."""
+    import shlex
+
+    from normbench.sweep.view import reason_lines, summary_table
+
+    console.print(f"sweep {sweep.path.name}: summary", highlight=False, soft_wrap=True)
+    console.print(summary_table(sweep.axes, rows))
+    for line in reason_lines(rows):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + "; index:", highlight=False)
+    console.print(str(sweep.path / INDEX_FILE), highlight=False, soft_wrap=True, markup=False)
+    console.print("report:", highlight=False)
+    console.print(f"normbench report {shlex.quote(str(sweep.path))}", highlight=False, soft_wrap=True, markup=False)
