@@ -33,7 +33,7 @@ def header(key: str) -> str:
 def narrow_table(columns: list[tuple[str, str]]) -> Table:
     """A table for 80 columns and pipes: no vertical rules, every header whole (a column is never
     narrower than its header), long cells wrapped instead of cut with an ellipsis."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for title, justify in columns:
         table.add_column(title, justify=justify, min_width=len(title), overflow="fold")
     return table
