@@ -253,6 +253,7 @@ def sweep(
     ray_retries: Annotated[int, typer.Option(
         "--ray-retries", help="Reruns of a point whose Ray worker died before it is recorded as failed.",
     )] = 1,
+    ctx: typer.Context = None,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
     from normbench.sweep.grid import command_axes, parse_grid
@@ -268,6 +269,7 @@ def sweep(
     _sigterm_as_interrupt()
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
                      data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run, norms_from=norms_from,
+                     command={"argv": command_argv(ctx), "overrides": set_ or []},
                      executor=executor, ray_address=ray_address, ray_retries=ray_retries)
     if code:
         raise typer.Exit(code)

@@ -114,3 +114,22 @@ def test_norms_table_keeps_its_headers_at_80_columns(runner):
     result = runner.invoke(app, ["norms"], env={"COLUMNS": "80"})
     assert result.exit_code == 0 and "…" not in result.output
     assert any(line.split()[:1] == ["name"] and line.split()[-1] == "batch" for line in result.output.splitlines())
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_a_runs_progress_bar_cuts_nothing_at_narrow_widths(width):
+    import io
+
+    from rich.console import Console
+
+    from normbench.train.progress import RichReporter
+
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, width=width, force_terminal=True, color_system=None))
+    reporter.start("quickstart-norm=group-bs=8", 12345, 3)
+    reporter.advance(377)
+    reporter.log(1, 0.1234, 12345.6)
+    reporter.progress.refresh()
+    reporter.finish()
+    out = buffer.getvalue()
+    assert "377/12345" in out and "…" not in out

@@ -334,3 +334,12 @@ def test_the_default_base_config_ships_with_the_checkout():
     from normbench.sweep.plan import DEFAULT_BASE
 
     assert DEFAULT_BASE.is_file(), DEFAULT_BASE
+
+
+def test_each_point_records_the_sweep_command(runner, write_config, tmp_path):
+    config = write_config(epochs=1)
+    args = ["sweep", str(config), "--results-dir", str(tmp_path), "--norms", "layer", "--set", "log_every=2", "--jobs", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    (run_dir,) = (sweep_dir(tmp_path) / "runs").iterdir()
+    recorded = read_meta(run_dir)["sweep"]
+    assert recorded["argv"] == ["normbench", *args] and recorded["overrides"] == ["log_every=2"]

@@ -91,8 +91,10 @@ def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[
 class Sweep:
     """A sweep directory: its spec (sweep.yaml), points, run directories and index.csv."""
 
-    def __init__(self, path: Path, base: Config, axes: list[Axis], lr_scaling: str, points: list[Point]):
+    def __init__(self, path: Path, base: Config, axes: list[Axis], lr_scaling: str, points: list[Point],
+                 command: dict | None = None):
         self.path, self.base, self.axes, self.lr_scaling, self.points = Path(path), base, axes, lr_scaling, points
+        self.command = command or {}  # argv and overrides of the sweep command, recorded with each point
 
     def run_path(self, point: Point) -> Path:
         """Where a point's run directory goes."""
@@ -176,7 +178,7 @@ class Sweep:
 
     def task(self, point: Point, data_dir) -> PointTask:
         """The picklable task for one valid point."""
-        info = {"name": self.path.name, "values": point.values, **point.info}
+        info = {"name": self.path.name, "values": point.values, **point.info, **self.command}
         return PointTask(point.point_id, to_dict(point.config), str(self.run_path(point)),
                          str(data_dir) if data_dir else None, info, str(self.path / LOGS_DIR / f"{point.point_id}.log"))
 
@@ -248,9 +250,10 @@ def run_sweep(
     base: Config, axes: list[Axis], console, *, lr_scaling: str = "none", jobs: int | None = None,
     name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
     retry_diverged: bool = False, dry_run: bool = False, executor: str = "local", ray_address: str | None = None,
-    ray_retries: int = 1, norms_from: str = "--norms",
+    ray_retries: int = 1, norms_from: str = "--norms", command: dict | None = None,
 ) -> int:
-    """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
+    """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code.
+    `command` (argv, overrides) goes into each point's meta.json under `sweep`."""
     from normbench.data import val_count
     from normbench.sweep.grid import expand
     from normbench.sweep.view import SweepProgress, plan_header, plan_table
@@ -265,7 +268,8 @@ def run_sweep(
     name = name or f"{base.name}-{spec_digest(base, axes, lr_scaling)}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
-    sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
+    sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points,
+                  command)
     states = sweep.states(retry_diverged)
     todo = [p for p, runs, _ in states if runs]
     first, *rest = plan_header(name, axes, len(states), budget_text(base), plan.threads, plan.workers(len(todo)),

@@ -39,7 +39,8 @@ def override_tag(overrides: list[str]) -> str:
 
 def record_command(run_dir: Path, argv: list[str], overrides: list[str]) -> None:
     """Add the command line (`argv`) and its `--set` overrides to meta.json; a resumed run gets
-    them in its latest `resumes` entry, keeping the command that started it."""
+    them in its latest `resumes` entry, keeping the command that started it. On a full disk they
+    are left out: the run's own ending is what must be reported."""
     meta = results.read_meta(run_dir)
     if meta is None:
         return
@@ -48,7 +49,11 @@ def record_command(run_dir: Path, argv: list[str], overrides: list[str]) -> None
         meta["resumes"][-1].update(command)
     else:
         meta.update(command)
-    results.write_json_atomic(Path(run_dir) / results.META_FILE, meta)
+    try:
+        results.write_json_atomic(Path(run_dir) / results.META_FILE, meta)
+    except OSError as exc:
+        if exc.errno not in results.DISK_FULL:
+            raise
 
 
 def check(cfg: Config, nproc: int | None) -> None:
