@@ -64,12 +64,12 @@ def run(
     data_dir: DataDirOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved config; train nothing.")] = False,
     nproc: Annotated[Optional[int], typer.Option(
-        "--nproc", min=1, help="Train data-parallel over N local processes (gloo on CPU, nccl on CUDA); batch_size is the global batch.",
+        "--nproc", min=1, metavar="N", help="Train data-parallel over N local processes (gloo on CPU, nccl on CUDA); batch_size is the global batch.",
     )] = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="RUN_DIR", help="Continue a failed, interrupted or killed run from its checkpoint.",
     )] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help=(
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help=(
         "Run name (sets the config's name; the directory is NAME-<time>). Default: the config's name plus the "
         "--set overrides, e.g. quickstart-norm=group-bs=8-<time>."))] = None,
     ctx: typer.Context = None,

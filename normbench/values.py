@@ -107,7 +107,8 @@ def misplaced_hint(args: list[str], value_options: set[str], list_options: set[s
     """What to type instead, for arguments a command cannot mean: values of a list option separated
     by spaces (`--batch-sizes 2 8 64`) or a Hydra-style `KEY=VALUE` argument (`norm.type=group`);
     None when nothing looks misplaced. `value_options` are the options that take a value, `exists`
-    tells whether a token is an existing path (a file given as an argument is never a list value)."""
+    tells whether a token is an existing path (a path such as a sweep's `norm=batch_bs=2_seed=0` is
+    never a list value or an override)."""
     i = 0
     while i < len(args):
         token = args[i]
@@ -124,7 +125,7 @@ def misplaced_hint(args: list[str], value_options: set[str], list_options: set[s
                 return f"{token} takes one comma-separated list, not values separated by spaces: use {token} {items}"
             i += 2
             continue
-        if not token.startswith("-") and re.match(r"[A-Za-z_][\w.]*=", token):
+        if not token.startswith("-") and re.match(r"[A-Za-z_][\w.]*=", token) and not exists(token):
             return f"unexpected argument '{token}': config overrides go through --set; use --set {token}"
         i += 1
     return None
