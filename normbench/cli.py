@@ -5,8 +5,6 @@ Every NormbenchError becomes one red line on stderr and its exit code; no traceb
 
 from __future__ import annotations
 
-import functools
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,57 +12,21 @@ import typer
 from rich.console import Console
 
 from normbench import __version__
-from normbench.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, NormbenchError
+from normbench.cli_edge import Command, Group, command_argv, fail, handle_errors
+from normbench.cli_edge import sigterm_as_interrupt as _sigterm_as_interrupt  # the name the commands use
+from normbench.errors import ConfigError
 from normbench.values import parse_ints, parse_names
 
 app = typer.Typer(
     name="normbench",
     help="A lab bench for normalization layers: train, sweep, report.",
+    cls=Group,
+    epilog="Example: normbench run configs/quickstart.yaml, then normbench report results",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="rich",  # help text escapes literal brackets: 'normbench\\[ray]'
     pretty_exceptions_enable=False,
 )
 console = Console()
-
-
-def fail(message: str, code: int) -> None:
-    """Print one red error line on stderr and exit with `code`."""
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(code)
-
-
-def handle_errors(command):
-    """Turn NormbenchError, Ctrl-C and a full disk into a one-line message and an exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from normbench.results import DISK_FULL
-
-        try:
-            return command(*args, **kwargs)
-        except NormbenchError as exc:
-            fail(exc.message, exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", EXIT_INTERRUPTED)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL:
-                raise
-            where = f" writing '{exc.filename}'" if exc.filename else ""
-            fail(f"{exc.strerror}{where}; free some space and run the command again", EXIT_ERROR)
-
-    return wrapper
-
-
-def _sigterm_as_interrupt() -> None:
-    """Let SIGTERM end a run like Ctrl-C does: status recorded, files flushed."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread (e.g. some test runners)
-        pass
 
 
 def _version(value: bool) -> None:
@@ -93,7 +55,7 @@ DataDirOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=Command, epilog="Example: normbench run configs/quickstart.yaml --set norm.type=group")
 @handle_errors
 def run(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config file, e.g. configs/quickstart.yaml.")] = None,
@@ -102,11 +64,15 @@ def run(
     data_dir: DataDirOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved config; train nothing.")] = False,
     nproc: Annotated[Optional[int], typer.Option(
-        "--nproc", min=1, help="Train data-parallel over N local processes (gloo on CPU, nccl on CUDA); batch_size is the global batch.",
+        "--nproc", min=1, metavar="N", help="Train data-parallel over N local processes (gloo on CPU, nccl on CUDA); batch_size is the global batch.",
     )] = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="RUN_DIR", help="Continue a failed, interrupted or killed run from its checkpoint.",
     )] = None,
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help=(
+        "Run name (sets the config's name; the directory is NAME-<time>). Default: the config's name plus the "
+        "--set overrides, e.g. quickstart-norm=group-bs=8-<time>."))] = None,
+    ctx: typer.Context = None,
 ) -> None:
     """Train one config and write its run directory (config.yaml, meta.json, steps.csv, epochs.csv, model.pt)."""
     from normbench.config import dump, load_config
@@ -114,7 +80,8 @@ def run(
 
     if config is None and resume is None:
         raise ConfigError("missing CONFIG: pass a YAML config (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
-    cfg = load_config(config, set_ or []) if config is not None else None
+    overrides = [*(set_ or []), *([f"name={name}"] if name is not None else [])]
+    cfg = load_config(config, overrides) if config is not None else None
     if dry_run and cfg is not None:
         dispatch.check(cfg, nproc)
         typer.echo(dump(cfg), nl=False)
@@ -123,17 +90,20 @@ def run(
     if resume is not None:
         outcomes = dispatch.resume_run(resume, cfg, nproc, data_dir, console)
     else:
-        outcomes = dispatch.start(cfg, nproc, results_dir, data_dir, console)
+        named = name is not None or not set_ or any(o.partition("=")[0].strip() == "name" for o in set_)
+        run_name = None if named else f"{cfg.name}-{dispatch.override_tag(set_)}"
+        outcomes = dispatch.start(cfg, nproc, results_dir, data_dir, console, run_name)
     if outcomes is None:  # a torchrun rank other than 0: rank 0 reports
         return
     for outcome in outcomes:
+        dispatch.record_command(outcome.run_dir, command_argv(ctx), set_ or [])
         if outcome.status == "completed":
             final = outcome.final
             console.print(
                 f"[green]completed[/] {outcome.label or outcome.run_dir.name}: test_acc [bold]{final['final_test_acc']:.4f}[/] "
                 f"test_loss {final['final_test_loss']:.4f} after {final['samples_seen']:,} samples "
                 f"({final['mean_samples_per_s']:,.0f} samples/s)",
-                highlight=False,
+                highlight=False, soft_wrap=True,
             )
             console.print(f"run directory: {outcome.run_dir}", highlight=False, soft_wrap=True)
     bad = [o for o in outcomes if o.status != "completed"]
@@ -203,7 +173,8 @@ def bench(
     console.print(f"wrote {bench_module.write_csv(rows, results_dir)}", highlight=False, soft_wrap=True)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command, epilog=(
+    "Example: normbench eval results/runs/quickstart-20261204-120000 --batch-stats"))
 @handle_errors
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A completed run's directory (it holds model.pt).")],
@@ -220,10 +191,7 @@ def eval_(
     )] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Evaluate a run's saved model again; print loss and accuracy and append them to eval.csv.
-
-    Example: normbench eval results/runs/quickstart-20261204-120000 --batch-stats --batch-size 8
-    """
+    """Evaluate a run's saved model again; print loss and accuracy and append them to eval.csv."""
     from normbench.train.saved import EVAL_FILE, evaluate_saved
 
     row = evaluate_saved(run_dir, split, batch_stats, batch_size, precise_bn, data_dir)
@@ -233,31 +201,30 @@ def eval_(
     console.print(f"appended to {Path(run_dir) / EVAL_FILE}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command, epilog="Example: normbench norms, then normbench sweep --norms batch,group,layer")
 def norms() -> None:
     """List the registered normalization layers and what each normalizes over."""
-    from rich.table import Table
-
     from normbench.norms import NORMS
+    from normbench.sweep.view import narrow_table
 
-    table = Table(title="normbench norms")
-    for column in ("name", "what", "on maps (N, C, H, W)", "on features (N, F)", "batch-dependent"):
-        table.add_column(column)
+    table = narrow_table([("name", "left"), ("what", "left"), ("maps (N,C,H,W)", "left"), ("features (N,F)", "left"),
+                          ("batch", "left")])
+    table.title, table.caption = "normbench norms", "batch: whether a sample's output depends on the rest of its batch"
     for spec in NORMS.values():
         table.add_row(spec.name, spec.summary, spec.maps, spec.features, "yes" if spec.batch_dependent else "no")
     console.print(table)
 
 
-@app.command()
+@app.command(cls=Command, epilog="Example: normbench sweep --norms batch,group --batch-sizes 2,8,64")
 @handle_errors
 def sweep(
     config: Annotated[
         Optional[Path], typer.Argument(help="Base YAML config; default: the shipped configs/sweep_base.yaml (Fashion-MNIST, cnn).")
     ] = None,
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Batch sizes, e.g. 2,8,64 (default: the base config's).")] = None,
-    norms: Annotated[
-        Optional[str], typer.Option("--norms", help="Norm types, e.g. batch,group (default: every registered norm, see `normbench norms`).")
-    ] = None,
+    norms: Annotated[Optional[str], typer.Option("--norms", help=(
+        "Norm types, e.g. batch,group (default: the norm given with --set norm.type=..., else every registered "
+        "norm, see `normbench norms`; a norm in the CONFIG file does not narrow the default)."))] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds, e.g. 0,1,2 (default: the base config's one seed).")] = None,
     grid: Annotated[
         Optional[list[str]], typer.Option("--grid", metavar="KEY=v1,v2", help="Sweep any config key too, e.g. --grid optimizer.lr=0.1,0.01 (repeatable).")
@@ -286,28 +253,29 @@ def sweep(
     ray_retries: Annotated[int, typer.Option(
         "--ray-retries", help="Reruns of a point whose Ray worker died before it is recorded as failed.",
     )] = 1,
+    ctx: typer.Context = None,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
-    from normbench.norms import NORMS
-    from normbench.sweep.grid import build_axes, parse_grid
+    from normbench.sweep.grid import command_axes, parse_grid
     from normbench.sweep.plan import load_base, run_sweep
 
     base = load_base(config, set_ or [])
-    axes = build_axes(
-        norm_list(norms) if norms is not None else list(NORMS),
-        batch_size_list(batch_sizes) if batch_sizes is not None else [base.batch_size],
-        parse_ints(seeds, "--seeds", 0, "--seeds 0,1,2") if seeds is not None else [base.seed],
+    axes, norms_from = command_axes(
+        base, set_ or [], norm_list(norms) if norms is not None else None,
+        batch_size_list(batch_sizes) if batch_sizes is not None else None,
+        parse_ints(seeds, "--seeds", 0, "--seeds 0,1,2") if seeds is not None else None,
         parse_grid(grid or []) + parse_grid(tune or [], "--tune"),
     )
     _sigterm_as_interrupt()
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
-                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run,
+                     data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run, norms_from=norms_from,
+                     command={"argv": command_argv(ctx), "overrides": set_ or []},
                      executor=executor, ray_address=ray_address, ray_retries=ray_retries)
     if code:
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command, epilog="Example: normbench report results/sweeps/sweep_base-1a2b3c4d")
 @handle_errors
 def report(
     paths: Annotated[

@@ -39,6 +39,13 @@ CONFIG_FILE, META_FILE, STEPS_FILE, EPOCHS_FILE, ERROR_FILE = (
 )
 
 
+def file_mode() -> int:
+    """The mode a plain open() gives a new file under the current umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with seconds."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -70,7 +77,7 @@ def write_json_atomic(path: Path, obj) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # as every other file of the run (mkstemp creates 0600)
+        os.chmod(tmp, file_mode())  # as every other file of the run (mkstemp creates 0600)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -313,7 +320,7 @@ def truncate_csv(path: Path, column: str, last: int) -> None:
         writer.writerows(kept)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, file_mode())
     os.replace(tmp, path)
 
 

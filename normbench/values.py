@@ -95,3 +95,37 @@ def parse_names(text: str, option: str, example: str) -> tuple[str, ...]:
         raise ConfigError(f"{shown_as(option, text)}: every value must be a name (bad: {', '.join(map(str, bad))}), "
                           f"e.g. {example}")
     return values
+
+
+def looks_like_item(token: str) -> bool:
+    """Whether a stray command-line token reads as one more list value (`8`, `group`) rather than a
+    file: no path separator, no `=`, no .yaml/.yml ending."""
+    return not token.startswith("-") and "/" not in token and "=" not in token and not token.endswith((".yaml", ".yml"))
+
+
+def misplaced_hint(args: list[str], value_options: set[str], list_options: set[str], exists) -> str | None:
+    """What to type instead, for arguments a command cannot mean: values of a list option separated
+    by spaces (`--batch-sizes 2 8 64`) or a Hydra-style `KEY=VALUE` argument (`norm.type=group`);
+    None when nothing looks misplaced. `value_options` are the options that take a value, `exists`
+    tells whether a token is an existing path (a path such as a sweep's `norm=batch_bs=2_seed=0` is
+    never a list value or an override)."""
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            return None
+        if token in value_options:
+            stray = []
+            for extra in args[i + 2:]:
+                if not looks_like_item(extra) or exists(extra):
+                    break
+                stray.append(extra)
+            if token in list_options and stray and i + 1 < len(args):
+                items = ",".join(item.strip(",") for item in [args[i + 1], *stray])
+                return f"{token} takes one comma-separated list, not values separated by spaces: use {token} {items}"
+            i += 2
+            continue
+        if not token.startswith("-") and re.match(r"[A-Za-z_][\w.]*=", token) and not exists(token):
+            return f"unexpected argument '{token}': config overrides go through --set; use --set {token}"
+        i += 1
+    return None

@@ -89,3 +89,9 @@ def test_truncated_dataset_file(runner, write_config, tmp_path):
     result = runner.invoke(app, ["run", str(config), "--data-dir", str(tmp_path / "d"), "--results-dir", str(tmp_path / "r")],
                            env={"NORMBENCH_CACHE": str(tmp_path / "cache")})
     check_one_line_error(result, 1, "dataset mnist could not be read")
+
+
+def test_a_hydra_style_override_gets_the_set_hint(runner, write_config, tmp_path):
+    result = runner.invoke(app, ["run", str(write_config()), "norm.type=group", "--results-dir", str(tmp_path / "r")])
+    check_one_line_error(result, 2, "use --set norm.type=group")
+    assert not (tmp_path / "r").exists()

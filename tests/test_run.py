@@ -218,3 +218,46 @@ def test_cuda_run_keeps_data_on_the_gpu(tmp_path):
     outcome = run_config(cfg, tmp_path)
     assert outcome.status == "completed"
     assert read_meta(outcome.run_dir)["environment"]["device"].startswith("cuda")
+
+
+def test_run_names_carry_the_overrides_and_meta_records_the_command(runner, write_config, tmp_path):
+    results = tmp_path / "results"
+    args = ["run", str(write_config(epochs=1)), "--set", "norm.type=group", "--set", "batch_size=8",
+            "--results-dir", str(results)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(results)
+    assert run_dir.name.startswith("tiny-norm=group-bs=8-20"), run_dir.name
+    meta = read_meta(run_dir)
+    assert meta["argv"] == ["normbench", *args] and meta["overrides"] == ["norm.type=group", "batch_size=8"]
+
+
+def test_name_option_names_the_run(runner, write_config, tmp_path):
+    result = runner.invoke(app, ["run", str(write_config(epochs=1)), "--set", "batch_size=8", "--name", "gn-small",
+                                 "--results-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "r")
+    assert run_dir.name.startswith("gn-small-20") and read_meta(run_dir)["name"] == "gn-small"
+    result = runner.invoke(app, ["run", str(write_config()), "--name", "a b", "--results-dir", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "name=" in result.stderr and not (tmp_path / "r2").exists()
+
+
+def test_a_long_override_tag_is_bounded_and_safe():
+    from normbench.train.dispatch import MAX_TAG, override_tag
+
+    assert override_tag(["norm={type: group, groups: 4}", "optimizer.lr=1e-3"]) == "norm=type_group_groups_4-lr=1e-3"
+    tag = override_tag([f"optimizer.weight_decay=0.{'1' * 40}", "model=mlp", "norm.eps=1e-5"])
+    assert len(tag) <= MAX_TAG and tag.startswith("weight_decay=0.111") and "/" not in tag
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_meta_json_has_the_mode_of_every_other_file(tmp_path, umask):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        outcome = run_config(validate(tiny_config(epochs=1), "t"), tmp_path / "r")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in outcome.run_dir.iterdir()}
+    assert modes["meta.json"] == modes["config.yaml"] == 0o666 & ~umask, modes

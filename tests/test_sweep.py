@@ -114,7 +114,41 @@ def test_dry_run_prints_the_plan_with_invalid_points_and_writes_nothing(runner, 
 
 def test_help_says_the_default_norms_are_all_registered_ones(runner):
     result = runner.invoke(app, ["sweep", "--help"])
-    assert result.exit_code == 0 and "every registered norm" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "every registered norm" in text and "--set norm.type" in text
+
+
+def test_a_norm_set_with_set_is_the_only_norm_planned(runner, write_config, tmp_path):
+    result = sweep(runner, write_config(), tmp_path / "r", "--set", "norm.type=group", "--batch-sizes", "2", "--dry-run")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "1 points" in out and "norms: group (from --set norm.type)" in out
+    assert "batch" not in out.split("norms:")[1].replace("batch_size", "")  # no other norm in the table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--norms", "batch,grop"], "did you mean 'group'?"),
+    (["--grid", "optimizer.name=sgd,adamm"], "'adamm' is not a valid optimizer.name"),
+    (["--grid", "optimizer.lr=0.1,fast"], "'fast' is not a valid optimizer.lr"),
+])
+def test_an_unknown_grid_value_is_an_error_before_anything_runs(runner, write_config, tmp_path, args, message):
+    result = sweep(runner, write_config(), tmp_path / "r", *args, "--jobs", "1")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "\n" not in result.stderr.strip()
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_key_both_set_and_swept_is_an_error(runner, write_config, tmp_path):
+    result = sweep(runner, write_config(), tmp_path / "r", "--set", "batch_size=8", "--batch-sizes", "2,8", "--dry-run")
+    assert result.exit_code == 2 and "batch_size is set with --set and swept with --batch-sizes" in result.stderr
+
+
+def test_list_options_refuse_space_separated_values(runner, write_config, tmp_path):
+    result = sweep(runner, write_config(), tmp_path / "r", "--batch-sizes", "2", "8", "64", "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "use --batch-sizes 2,8,64" in result.stderr and not (tmp_path / "r").exists()
+    result = runner.invoke(app, ["sweep", "--norms", "batch", "group", "--dry-run"])
+    assert result.exit_code == 2 and "use --norms batch,group" in result.stderr
 
 
 # --- running sweeps ---------------------------------------------------------------------------
@@ -300,3 +334,12 @@ def test_the_default_base_config_ships_with_the_checkout():
     from normbench.sweep.plan import DEFAULT_BASE
 
     assert DEFAULT_BASE.is_file(), DEFAULT_BASE
+
+
+def test_each_point_records_the_sweep_command(runner, write_config, tmp_path):
+    config = write_config(epochs=1)
+    args = ["sweep", str(config), "--results-dir", str(tmp_path), "--norms", "layer", "--set", "log_every=2", "--jobs", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    (run_dir,) = (sweep_dir(tmp_path) / "runs").iterdir()
+    recorded = read_meta(run_dir)["sweep"]
+    assert recorded["argv"] == ["normbench", *args] and recorded["overrides"] == ["log_every=2"]

@@ -111,3 +111,18 @@ def test_set_and_grid_read_values_alike_in_sweep(runner, write_config, tmp_path)
 def test_set_without_a_key_is_the_same_error_in_run_sweep_and_bench(runner, write_config, tmp_path):
     for args in (["run", str(write_config()), "--dry-run"], sweep_args(write_config(), tmp_path), bench_args(tmp_path)):
         one_line_error(runner.invoke(app, [*args, "--set", "=3"]), "--set '=3': expected KEY=VALUE, e.g. --set norm.type=group")
+
+
+def test_misplaced_arguments_get_what_to_type_instead():
+    from normbench.values import misplaced_hint
+
+    def hint(*args, exists=()):
+        return misplaced_hint(list(args), {"--batch-sizes", "--norms", "--set"}, {"--batch-sizes", "--norms"},
+                              lambda token: token in exists)
+
+    assert hint("--batch-sizes", "2", "8", "64").endswith("use --batch-sizes 2,8,64")
+    assert hint("--norms", "batch,", "group", "configs/base.yaml").endswith("use --norms batch,group")
+    assert hint("c.yaml", "norm.type=group").endswith("use --set norm.type=group")
+    assert hint("--set", "norm.type=group", "c.yaml") is None
+    assert hint("--batch-sizes", "2", "base", exists=("base",)) is None  # an existing file is the CONFIG
+    assert hint("norm=batch_bs=2_seed=0", exists=("norm=batch_bs=2_seed=0",)) is None  # a sweep point's run dir

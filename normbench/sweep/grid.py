@@ -6,6 +6,7 @@ A point is one config of the grid. Its id is built from its grid values only
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from normbench.config import Config, apply_overrides, to_dict, validate
 from normbench.errors import ConfigError, NormbenchError
@@ -23,6 +24,8 @@ from normbench.values import parse_assignment, parse_list
 LR_SCALINGS = ("none", "linear", "sqrt")
 # Short names for the keys every study sweeps; any other key keeps its dotted path in the id.
 SHORT_KEYS = {"norm.type": "norm", "batch_size": "bs", "seed": "seed"}
+# The option that sets each built-in axis, as the user typed it (any other key: --grid KEY=...).
+AXIS_OPTIONS = {"norm.type": "--norms", "batch_size": "--batch-sizes", "seed": "--seeds"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,83 @@ def build_axes(norms, batch_sizes, seeds, grid: list[Axis]) -> list[Axis]:
     return axes
 
 
+def axis_option(axis: Axis) -> str:
+    """The option that gave an axis its values: `--norms`, `--batch-sizes`, `--seeds`, `--grid KEY=` or `--tune KEY=`."""
+    if axis.key in AXIS_OPTIONS and not axis.tune:
+        return AXIS_OPTIONS[axis.key]
+    return f"{'--tune' if axis.tune else '--grid'} {axis.key}="
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys a list of `--set KEY=VALUE` sets; `norm=group` (the shorthand) sets norm.type."""
+    keys = {parse_assignment(text, "--set", "KEY=VALUE", "--set norm.type=group")[0] for text in overrides}
+    return {"norm.type" if k == "norm" else "dataset.name" if k == "dataset" else k for k in keys}
+
+
+def check_overrides(set_keys: set[str], swept_keys: list[str]) -> None:
+    """Refuse a key both set with --set and swept by an option given on the command line: one would
+    silently lose to the other."""
+    both = sorted(set(set_keys) & set(swept_keys))
+    if both:
+        options = {AXIS_OPTIONS.get(k, f"--grid {k}=...") for k in both}
+        raise ConfigError(f"{', '.join(both)} is set with --set and swept with {', '.join(sorted(options))}; "
+                          "give it once (one value: --set, several: the sweep option)")
+
+
+def _field_problem(base: dict, key: str, value: Any) -> str:
+    """Why `value` is not a valid value of `key` on its own (whatever the other keys hold), or ''."""
+    path = tuple(key.split("."))
+    try:
+        Config.model_validate(apply_overrides(base, [f"{key}={json.dumps(value)}"]))
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            if loc[: len(path)] == path:  # about this key alone, not a combination (loc () or another key)
+                return error["msg"].removeprefix("Value error, ")
+    except NormbenchError:  # e.g. a value under a key that is not a section: expand() reports it
+        return ""
+    return ""
+
+
+def check_values(base: Config, axes: list[Axis]) -> None:
+    """Refuse, before anything runs, a grid value no point could use (an unknown norm, a negative
+    batch size, a wrong type); values invalid only together (batch norm at batch size 1) are left
+    to expand(), which marks those points invalid."""
+    data = to_dict(base)
+    for axis in axes:
+        for value in axis.values:
+            problem = _field_problem(data, axis.key, value)
+            if not problem:
+                continue
+            option = axis_option(axis)
+            shown = f"{option}{'' if option.endswith('=') else ' '}{','.join(map(str, axis.values))}"
+            if isinstance(value, str):  # the names offered: after "valid ...:" or quoted ('sgd', 'adam')
+                names = re.findall(r"'([^']+)'", problem) or re.split(r"[:,]\s*", problem.partition("valid")[2])
+                close = difflib.get_close_matches(value, names, n=1)
+                problem += f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{shown}: '{value}' is not a valid {axis.key}: {problem}")
+
+
+def command_axes(base: Config, overrides: list[str], norms, batch_sizes, seeds, extra: list[Axis]) -> tuple[list[Axis], str]:
+    """The axes of `normbench sweep` and where its norms come from. An option not given (None)
+    defaults to the base config's value; the norms to the one set with `--set norm.type=...`, else
+    every registered norm (a norm in the config file does not narrow them: sweeping norms is the point)."""
+    from normbench.norms import NORMS
+
+    set_keys = override_keys(overrides)
+    given = {"norm.type": norms, "batch_size": batch_sizes, "seed": seeds}
+    check_overrides(set_keys, [k for k, v in given.items() if v is not None] + [a.key for a in extra])
+    if norms is not None:
+        norms_from = "--norms"
+    elif "norm.type" in set_keys:
+        norms, norms_from = [base.norm.type], "--set norm.type"
+    else:
+        norms, norms_from = list(NORMS), "every registered norm; --norms to choose"
+    axes = build_axes(norms, batch_sizes if batch_sizes is not None else [base.batch_size],
+                      seeds if seeds is not None else [base.seed], extra)
+    return axes, norms_from
+
+
 def _id_part(value: Any) -> str:
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     return re.sub(r"[^A-Za-z0-9.+-]", "-", text)
@@ -146,6 +226,7 @@ def expand(base: Config, axes: list[Axis], lr_scaling: str = "none", threads: in
     """Every combination of the axes' values applied to `base`, in order; invalid ones carry a reason."""
     if lr_scaling not in LR_SCALINGS:
         raise ConfigError(f"--lr-scaling {lr_scaling}: valid values are {', '.join(LR_SCALINGS)}")
+    check_values(base, axes)
     check_ids(axes)
     base_data = to_dict(base)
     points = []

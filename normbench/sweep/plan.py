@@ -4,6 +4,7 @@ Layout of a sweep, `<results>/sweeps/<name>/`:
   sweep.yaml        the base config, the grid and the lr scaling (what defines the sweep)
   runs/<point-id>/  one run directory per point, the same layout as `normbench run`
   index.csv         one row per point, rewritten atomically from the run directories' meta.json
+  logs/<point-id>.log  what the point's worker wrote to stderr (warnings), one section per attempt
 
 The run directories are the source of truth: a point whose meta.json says `completed` is never
 run again; anything else (failed, interrupted, killed mid-run) is cleared and rerun, diverged
@@ -29,6 +30,7 @@ from normbench.sweep.tuning import record, select, tune_keys
 from normbench.sweep.point import PointTask
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
+LOGS_DIR = "logs"  # logs/<point-id>.log: what each point's worker wrote to stderr (torch warnings, ...)
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "val_acc", "val_loss", "test_acc", "samples_per_s", "wall_s")
 DEFAULT_BASE = Path(__file__).resolve().parents[2] / "configs" / "sweep_base.yaml"  # the repository's configs/
 
@@ -89,8 +91,10 @@ def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[
 class Sweep:
     """A sweep directory: its spec (sweep.yaml), points, run directories and index.csv."""
 
-    def __init__(self, path: Path, base: Config, axes: list[Axis], lr_scaling: str, points: list[Point]):
+    def __init__(self, path: Path, base: Config, axes: list[Axis], lr_scaling: str, points: list[Point],
+                 command: dict | None = None):
         self.path, self.base, self.axes, self.lr_scaling, self.points = Path(path), base, axes, lr_scaling, points
+        self.command = command or {}  # argv and overrides of the sweep command, recorded with each point
 
     def run_path(self, point: Point) -> Path:
         """Where a point's run directory goes."""
@@ -174,9 +178,9 @@ class Sweep:
 
     def task(self, point: Point, data_dir) -> PointTask:
         """The picklable task for one valid point."""
-        info = {"name": self.path.name, "values": point.values, **point.info}
+        info = {"name": self.path.name, "values": point.values, **point.info, **self.command}
         return PointTask(point.point_id, to_dict(point.config), str(self.run_path(point)),
-                         str(data_dir) if data_dir else None, info)
+                         str(data_dir) if data_dir else None, info, str(self.path / LOGS_DIR / f"{point.point_id}.log"))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -246,12 +250,13 @@ def run_sweep(
     base: Config, axes: list[Axis], console, *, lr_scaling: str = "none", jobs: int | None = None,
     name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
     retry_diverged: bool = False, dry_run: bool = False, executor: str = "local", ray_address: str | None = None,
-    ray_retries: int = 1,
+    ray_retries: int = 1, norms_from: str = "--norms", command: dict | None = None,
 ) -> int:
-    """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code."""
+    """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code.
+    `command` (argv, overrides) goes into each point's meta.json under `sweep`."""
     from normbench.data import val_count
     from normbench.sweep.grid import expand
-    from normbench.sweep.view import SweepProgress, plan_table, summary_table
+    from normbench.sweep.view import SweepProgress, plan_header, plan_table
 
     if tune_keys(axes) and val_count(base.dataset, 10**9) == 0:
         raise ConfigError("--tune selects by val_acc, but the base config has no validation split "
@@ -263,22 +268,44 @@ def run_sweep(
     name = name or f"{base.name}-{spec_digest(base, axes, lr_scaling)}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
-    sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points)
+    sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points,
+                  command)
     states = sweep.states(retry_diverged)
     todo = [p for p, runs, _ in states if runs]
-    console.print(plan_table(name, axes, states, budget_text(base), plan.threads, plan.workers(len(todo))))
+    first, *rest = plan_header(name, axes, len(states), budget_text(base), plan.threads, plan.workers(len(todo)),
+                               norms_from)
+    console.print(first, highlight=False, soft_wrap=True, markup=False)
+    for line in rest:
+        console.print(line, highlight=False, markup=False)
+    console.print(plan_table(axes, states))
     if dry_run:
         return EXIT_OK
     sweep.write_spec()
     with SweepLock(sweep.path):
         sweep.write_index()
-        console.print(f"sweep directory: {sweep.path}", highlight=False, soft_wrap=True)
+        console.print("sweep directory:", highlight=False)
+        console.print(str(sweep.path), highlight=False, soft_wrap=True, markup=False)
         runnable = len(points) - sum(1 for p in points if p.invalid)
-        with SweepProgress(console, total=runnable, done=runnable - len(todo)) as view:
+        with SweepProgress(console, total=runnable, done=runnable - len(todo), logs=sweep.path / LOGS_DIR) as view:
             plan.execute(sweep, todo, view, data_dir)
         rows = sweep.write_index()
-    console.print(summary_table(name, axes, rows))
-    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; index: {sweep.path / INDEX_FILE}",
-                  highlight=False, soft_wrap=True)
+    print_summary(console, sweep, rows)
     return exit_code(rows)
+
+
+def print_summary(console, sweep: Sweep, rows: list[dict]) -> None:
+    """The summary table, why points did not complete, the counts, index.csv and the report command;
+    paths on lines of their own, never wrapped."""
+    import shlex
+
+    from normbench.sweep.view import reason_lines, summary_table
+
+    console.print(f"sweep {sweep.path.name}: summary", highlight=False, soft_wrap=True)
+    console.print(summary_table(sweep.axes, rows))
+    for line in reason_lines(rows):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + "; index:", highlight=False)
+    console.print(str(sweep.path / INDEX_FILE), highlight=False, soft_wrap=True, markup=False)
+    console.print("report:", highlight=False)
+    console.print(f"normbench report {shlex.quote(str(sweep.path))}", highlight=False, soft_wrap=True, markup=False)

@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ class PointTask:
     run_path: str
     data_dir: str | None = None
     sweep_info: dict = field(default_factory=dict)  # recorded under "sweep" in meta.json
+    log_path: str | None = None  # the point's stderr goes here (appended), not to the terminal
 
 
 @dataclass(frozen=True)
@@ -108,12 +112,33 @@ def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dic
 
 
 def run_guarded(task: PointTask, send, cache: dict | None) -> PointResult:
-    """run_point with progress events to `send`; Ctrl-C, SIGTERM or a cancel mid-point (the run
-    has recorded itself as interrupted) comes back as an `interrupted` result."""
+    """run_point with progress events to `send` and stderr into the point's log; Ctrl-C, SIGTERM or
+    a cancel mid-point (the run has recorded itself as interrupted) comes back as an `interrupted` result."""
     try:
-        return run_point(task, EventReporter(task.point_id, send), cache)
+        with stderr_to(Path(task.log_path)) if task.log_path else contextlib.nullcontext():
+            return run_point(task, EventReporter(task.point_id, send), cache)
     except KeyboardInterrupt:
         return PointResult(task.point_id, "interrupted", "interrupted")
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """Send this process's stderr (Python's and the C++ side's, file descriptor 2) to `path`,
+    appended under a header line, until the block ends: warnings stay out of the live progress."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"--- {results.now_iso()} pid {os.getpid()}\n")
+        log.flush()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(log.fileno(), 2)
+            with contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class EventReporter(Reporter):

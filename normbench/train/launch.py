@@ -75,14 +75,14 @@ def spawn_ranks(worker: Callable, nproc: int, args: tuple, device_type: str, run
         meta = results.read_meta(run_path)
         if meta is not None and meta.get("status") == "running":
             results.amend_meta(run_path, status="interrupted", reason=INTERRUPTED, end_time=results.now_iso())
-        _remove_if_empty(run_path)
+        remove_if_empty(run_path)
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _remove_if_empty(run_path: Path) -> None:
+def remove_if_empty(run_path: Path) -> None:
     """The run directory the launcher made, when no rank wrote anything into it."""
     try:
         run_path.rmdir()
@@ -90,12 +90,23 @@ def _remove_if_empty(run_path: Path) -> None:
         pass
 
 
+def make_run_path(results_dir: Path, name: str) -> Path:
+    """A fresh, empty run directory `results_dir/runs/<name>-<time>`, or a one-line NormbenchError."""
+    results_dir = results.ensure_writable(Path(results_dir))
+    try:
+        return results.new_run_path(results_dir, name)
+    except OSError as exc:
+        raise NormbenchError(f"cannot create a run directory in '{results_dir / 'runs'}': {exc.strerror or exc}; "
+                             "free some space or pass --results-dir DIR") from None
+
+
 def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: Path | str | None = None,
-               show_progress: bool = True, worker: Callable = run_rank) -> RunOutcome:
+               show_progress: bool = True, worker: Callable = run_rank, run_name: str | None = None) -> RunOutcome:
     """`normbench run --nproc N`: train `cfg` data-parallel over N local processes -> RunOutcome.
 
     Config, device and directory problems are found here, before any process starts. `worker`
-    is the per-rank function (tests substitute one that fails on purpose).
+    is the per-rank function (tests substitute one that fails on purpose); the run directory is
+    `<run_name or cfg.name>-<time>`.
     """
     check_world(cfg, nproc)
     device = resolve_device(cfg.device)
@@ -107,11 +118,7 @@ def launch_run(cfg, nproc: int, results_dir: Path | str = "results", data_dir: P
     check_buildable(cfg)
     check_threads(cfg, nproc)
     results_dir = results.ensure_writable(Path(results_dir))
-    try:
-        run_path = results.new_run_path(results_dir, cfg.name)
-    except OSError as exc:
-        raise NormbenchError(f"cannot create a run directory in '{results_dir / 'runs'}': {exc.strerror or exc}; "
-                             "free some space or pass --results-dir DIR") from None
+    run_path = make_run_path(results_dir, run_name or cfg.name)
     data_dir = str(data_dir) if data_dir is not None else None
     args = (cfg, str(results_dir), data_dir, str(run_path), show_progress)
     return _outcome(spawn_ranks(worker, nproc, args, device.type, run_path), run_path)
@@ -128,7 +135,7 @@ def _outcome(reports: list[RankResult], run_path: Path) -> RunOutcome:
     reason = describe_failures(reports)
     meta = results.read_meta(run_path)
     if meta is None:  # nothing was written: a problem found before training (e.g. missing data)
-        _remove_if_empty(run_path)
+        remove_if_empty(run_path)
         codes = {r.exit_code for r in reports if not r.ok}
         raise NormbenchError(reason, exit_code=codes.pop() if len(codes) == 1 else EXIT_ERROR)
     # Rank 0 may have been terminated, or failed only because a peer vanished: record them all.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 
 class Reporter:
@@ -34,14 +35,16 @@ class RichReporter(Reporter):
         self.task = None
 
     def start(self, name: str, total_steps: int, epochs: int) -> None:
+        """Show the bar; at under 100 columns without the speed and elapsed time, so nothing is cut."""
+        wide = self.console.width >= 100
+        fixed = Column(no_wrap=True)
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} samples/s"),
-            TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}", table_column=Column(overflow="fold", ratio=1)),
+            BarColumn(bar_width=None if wide else 10),
+            MofNCompleteColumn(table_column=fixed),
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}", table_column=fixed),
+            TextColumn("loss {task.fields[loss]}", table_column=fixed),
+            *((TextColumn("{task.fields[speed]} samples/s", table_column=fixed), TimeElapsedColumn()) if wide else ()),
             TimeRemainingColumn(),
             console=self.console,
             transient=self.transient,
@@ -60,7 +63,7 @@ class RichReporter(Reporter):
             f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
             f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  "
             f"{row['samples_per_s']:,.0f} samples/s  {row['epoch_s']:.1f} s",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
 
     def finish(self) -> None:
