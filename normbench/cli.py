@@ -321,6 +321,22 @@ def report(
     run_report(paths or [], out, console)
 
 
+@app.command()
+@handle_errors
+def configs() -> None:
+    """List the shipped configs: pass a name to `run` or `sweep`, e.g. `normbench run quickstart`."""
+    from rich.table import Table
+
+    from normbench.configfile import describe, shipped_dir, shipped_names
+
+    table = Table(title=f"normbench configs ({shipped_dir()})")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what")
+    for name in shipped_names():
+        table.add_row(name, describe(shipped_dir() / f"{name}.yaml"))
+    console.print(table)
+
+
 def main() -> None:
     """Entry point of the console script and `python -m normbench`."""
     app()
