@@ -6,6 +6,7 @@ at once, each with its full key path (e.g. `norm.groups`), the bad value and wha
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -187,6 +188,8 @@ class Config(_Strict):
         1, ge=0, description="write checkpoint.pt (everything `normbench run --resume` needs to continue exactly) every "
         "this many epochs and when the run is stopped (Ctrl-C, SIGTERM); 0 = never"
     )
+    tensorboard: bool = Field(False, description="also write the steps.csv and epochs.csv values as TensorBoard scalars "
+        "into `<run dir>/tensorboard/` (docs/tensorboard.md); needs `pip install 'normbench[tensorboard]'`")
     cuda_graph: Literal["auto", True, False] = Field(
         "auto", description="capture the training step as one CUDA graph and replay it; auto = on for CUDA where the "
         "run allows it (not with a probe, fp16, a data-parallel rank or PyTorch norms with momentum null)"
@@ -229,6 +232,9 @@ class Config(_Strict):
             raise ValueError(f"max_samples={self.max_samples} is less than one batch of {self.batch_size}")
         if self.pack > 1:
             _check_packable(self)
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # fail before any training
+            raise ValueError("tensorboard: true needs the tensorboard package; pip install 'normbench[tensorboard]', or "
+                             "set tensorboard: false")
         return self
 
 

@@ -20,6 +20,7 @@ from normbench.results import EPOCH_COLUMNS
 from normbench.runtime import synchronize
 from normbench.train.checkpoint import Checkpointer
 from normbench.train.progress import Reporter
+from normbench.train.tensorboard import TensorBoardLog
 
 
 class StopRequests:
@@ -63,6 +64,7 @@ class Loop:
         if resume is not None:
             self.position = self.checkpoints.restore(resume)
         self.run_start = time.perf_counter() - self.position["elapsed_s"]
+        self.tensorboard = TensorBoardLog(trainer.lanes, self.cfg.tensorboard, self.position["steps_done"])
 
     def alive(self) -> list[int]:
         """Indices of the lanes still training."""
@@ -86,6 +88,7 @@ class Loop:
                         raise KeyboardInterrupt
             self.checkpoints.remove()
         finally:
+            self.tensorboard.close()
             self.trainer.close()
 
     def at(self, epoch: int, in_epoch: int) -> dict:
@@ -153,11 +156,11 @@ class Loop:
         window_loss = [(c - b) / window for c, b in zip(cumulative, last_loss)]
         speed = window * self.cfg.batch_size / max(now - self.window_time, 1e-9)  # per lane
         for j in self.alive():
-            self.trainer.lanes[j].run_dir.steps.write({
-                "step": p["steps_done"], "epoch": epoch, "samples_seen": p["samples_seen"],
-                "train_loss": window_loss[j], "lr": self.step.lr, "samples_per_s": speed,
-                "elapsed_s": now - self.run_start,
-            })
+            row = {"step": p["steps_done"], "epoch": epoch, "samples_seen": p["samples_seen"],
+                   "train_loss": window_loss[j], "lr": self.step.lr, "samples_per_s": speed,
+                   "elapsed_s": now - self.run_start}
+            self.trainer.lanes[j].run_dir.steps.write(row)
+            self.tensorboard.steps_row(j, row)
             if not math.isfinite(window_loss[j]):
                 self.trainer.lanes[j].diverge(f"training loss became {window_loss[j]} at step {p['steps_done']} (epoch {epoch})")
         alive = self.alive()
@@ -186,6 +189,7 @@ class Loop:
                 "samples_per_s": self.epoch_steps * self.cfg.batch_size / self.epoch_s,
                 "epoch_s": self.epoch_s, "eval_s": eval_s, "lr": self.step.lr, **extras[j],
             }
+            self.tensorboard.epochs_row(j, row, p["steps_done"])
             self.record_epoch(self.trainer.lanes[j], {column: row.get(column) for column in EPOCH_COLUMNS})
         return bool(self.alive())
 
