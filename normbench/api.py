@@ -30,7 +30,7 @@ from normbench.errors import NormbenchError
 
 EPOCH_NEEDS = ("epoch", "samples_seen", "train_acc", "test_acc", "epoch_s")  # what a completed run must have
 STEP_NEEDS = ("step", "samples_seen", "train_loss")
-FINAL_KEYS = ("final_test_acc", "final_test_loss", "final_train_acc", "final_train_loss", "final_val_acc",
+FINAL_KEYS = ("final_test_acc", "final_test_loss", "final_train_acc", "final_train_eval_acc", "final_train_loss", "final_val_acc",
               "final_val_loss", "best_test_acc", "epochs_done", "steps_done", "samples_seen", "train_s",
               "mean_samples_per_s")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -72,3 +74,16 @@ def test_a_truncated_completed_run_is_skipped_with_the_reason(two_runs, tmp_path
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(NormbenchError, match="no runs found"):
         load_results(tmp_path)
+
+
+def test_train_accuracy_in_eval_mode_on_a_fixed_subset(two_runs):
+    import json
+
+    from normbench.train.evaluate import TrainSubset
+
+    res = load_results(two_runs)
+    assert res.runs["final_train_eval_acc"].between(0, 1).all()
+    for run_dir in res.runs["run_dir"]:
+        assert "final_train_eval_acc" in json.loads((Path(run_dir) / "meta.json").read_text())
+    a, b = TrainSubset(10_000, "cpu").index, TrainSubset(10_000, "cpu").index
+    assert len(a) == 5000 and (a == b).all() and len(TrainSubset(256, "cpu").index) == 256

@@ -26,7 +26,7 @@ def test_scalars_match_the_csv_rows(runner, write_config, tmp_path):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "lr", "samples_per_s", "train/acc", "test/loss", "test/acc", "train/epoch_loss"} <= tags
+    assert {"train/loss", "lr", "samples_per_s", "train/acc", "train/eval_acc", "test/loss", "test/acc", "train/epoch_loss"} <= tags
     steps, epochs = rows(run / "steps.csv"), rows(run / "epochs.csv")
     loss = events.Scalars("train/loss")
     assert [e.step for e in loss] == [int(r["step"]) for r in steps] == [4, 8, 12, 16, 20, 24, 28, 32]

@@ -35,6 +35,12 @@ def group_keys(extra: list[str]) -> list[str]:
     return ["dataset", "model", "norm", "batch_size", *extra, "device"]
 
 
+def gap_train_acc(done: pd.DataFrame) -> pd.Series:
+    """The train accuracy of the accuracy gap: eval mode on the fixed training subset (train_eval_acc),
+    or, for runs from before it was measured, the mean over the last epoch's batches in train mode."""
+    return done["train_eval_acc"].astype(float).fillna(done["train_acc"].astype(float))
+
+
 def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     """One row per group: counts by status; test/train accuracy and speed over completed runs."""
     rows = []
@@ -56,7 +62,7 @@ def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
             "test_error_pct_std": 100 * std,
             "test_error_pct_ci95": 100 * half,
             "train_acc_mean": done["train_acc"].astype(float).mean() if len(done) else math.nan,
-            "gap_pct_mean": 100 * (done["train_acc"].astype(float) - acc).mean() if len(done) else math.nan,
+            "gap_pct_mean": 100 * (gap_train_acc(done) - acc).mean() if len(done) else math.nan,
             "samples_per_s_mean": done["samples_per_s"].astype(float).mean() if len(done) else math.nan,
             "tuned": ", ".join(sorted(set(group.get("tuned", pd.Series(dtype=str)).dropna()) - {""})),
         })

@@ -55,7 +55,9 @@ def _report_row(run: dict, config_columns: list[str], epochs: pd.DataFrame | Non
     }
     if row["status"] == "completed":
         last, train_s = epochs.iloc[-1], epochs["epoch_s"].sum()
+        train_eval = run.get("final_train_eval_acc")  # eval mode, fixed training subset (normbench/train/evaluate.py)
         row.update(test_acc=last["test_acc"], train_acc=last["train_acc"], samples_seen=last["samples_seen"],
+                   train_eval_acc=math.nan if _missing(train_eval) else float(train_eval),
                    samples_per_s=last["samples_seen"] / train_s if train_s > 0 else math.nan)
     return row, flat, ""
 
@@ -86,7 +88,7 @@ def collect(paths: list[Path]) -> Collected:
     for row, config in zip(rows, configs):
         row.update({k: "null" if config.get(k) is None else str(config.get(k)) for k in extra})  # text: groups keep null
     runs = pd.DataFrame(rows)
-    for column in ("test_acc", "train_acc", "samples_seen", "samples_per_s"):
+    for column in ("test_acc", "train_acc", "train_eval_acc", "samples_seen", "samples_per_s"):
         if column not in runs:
             runs[column] = math.nan
     runs = runs.sort_values(["dataset", "model", "norm", "batch_size", "seed", "run_dir"]).reset_index(drop=True)

@@ -131,7 +131,7 @@ def accuracy_gap(summary: pd.DataFrame, extra: list[str], title: str, path: Path
             ok = rows[rows["n_seeds"] > 0]
             ax.plot(ok["batch_size"], ok["gap_pct_mean"], color=col, linestyle=style, marker="o", label=label)
         ax.axhline(0, color="black", linewidth=0.8)
-        return (f"Train-vs-test accuracy gap vs batch size: {title}\n(train acc over the last epoch's batches "
-                "in train mode; test acc in eval mode)")
+        return (f"Train-vs-test accuracy gap vs batch size: {title}\n(both in eval mode: train acc on a fixed "
+                "training subset of up to 5,000 samples, test acc on the test split)")
 
     return _batch_size_figure(summary, draw, "train acc - test acc (percentage points)", path)

@@ -19,6 +19,7 @@ import torch
 from normbench.results import EPOCH_COLUMNS
 from normbench.runtime import synchronize
 from normbench.train.checkpoint import Checkpointer
+from normbench.train.evaluate import TrainSubset
 from normbench.train.progress import Reporter
 from normbench.train.tensorboard import TensorBoardLog
 
@@ -64,6 +65,7 @@ class Loop:
         if resume is not None:
             self.position = self.checkpoints.restore(resume)
         self.run_start = time.perf_counter() - self.position["elapsed_s"]
+        self.train_subset = TrainSubset(len(trainer.lanes[0].data.train_y), trainer.device)
         self.tensorboard = TensorBoardLog(trainer.lanes, self.cfg.tensorboard, self.position["steps_done"])
 
     def alive(self) -> list[int]:
@@ -174,6 +176,7 @@ class Loop:
         """Evaluate, write each lane's epochs.csv row and final metrics; False once all diverged."""
         eval_start = time.perf_counter()
         tests, vals = self.trainer.evaluate("test"), self.trainer.evaluate("val")
+        train_evals = self.train_subset.accuracies(self.trainer)
         eval_s = time.perf_counter() - eval_start
         extras = self.trainer.diagnostics(epoch)
         losses = self.trainer.world.reduce(self.step.loss_sum, mean=True)
@@ -183,18 +186,20 @@ class Loop:
             row = {
                 "epoch": epoch, "samples_seen": p["samples_seen"],
                 "train_loss": losses[j] / self.epoch_steps,
-                "train_acc": correct[j] / (self.epoch_steps * self.cfg.batch_size),
+                "train_acc": correct[j] / (self.epoch_steps * self.cfg.batch_size), "train_eval_acc": train_evals[j],
                 "test_loss": tests[j][0], "test_acc": tests[j][1],
                 "val_loss": vals[j] and vals[j][0], "val_acc": vals[j] and vals[j][1],
                 "samples_per_s": self.epoch_steps * self.cfg.batch_size / self.epoch_s,
                 "epoch_s": self.epoch_s, "eval_s": eval_s, "lr": self.step.lr, **extras[j],
             }
             self.tensorboard.epochs_row(j, row, p["steps_done"])
-            self.record_epoch(self.trainer.lanes[j], {column: row.get(column) for column in EPOCH_COLUMNS})
+            self.record_epoch(self.trainer.lanes[j], {column: row.get(column) for column in EPOCH_COLUMNS},
+                              train_evals[j])
         return bool(self.alive())
 
-    def record_epoch(self, lane, row: dict) -> None:
-        """Write one lane's epoch row, then its final metrics, or its divergence."""
+    def record_epoch(self, lane, row: dict, train_eval_acc: float) -> None:
+        """Write one lane's epoch row, then its final metrics (with the eval-mode accuracy on the fixed
+        training subset, whether or not epochs.csv has that column), or its divergence."""
         lane.run_dir.epochs.write(row)
         self.reporter.epoch(row, self.epochs)
         if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
@@ -205,6 +210,7 @@ class Loop:
         lane.final = {
             "final_test_acc": row["test_acc"], "final_test_loss": row["test_loss"],
             "final_train_loss": row["train_loss"], "final_train_acc": row["train_acc"],
+            "final_train_eval_acc": train_eval_acc,
             "final_val_loss": row["val_loss"], "final_val_acc": row["val_acc"],
             "best_test_acc": lane.best_test_acc, "epochs_done": row["epoch"], "steps_done": p["steps_done"],
             "samples_seen": p["samples_seen"], "train_s": p["train_s"],
