@@ -51,6 +51,7 @@ def _report_row(run: dict, config_columns: list[str], epochs: pd.DataFrame | Non
         "dataset": flat.get("dataset.name", "?"), "model": flat.get("model", "?"), "norm": flat["norm.type"],
         "batch_size": int(flat["batch_size"]), "seed": int(flat["seed"]),
         "device": run.get("env.device_name") or run.get("env.device") or "?",
+        "version": "?" if _missing(run.get("env.normbench")) else run["env.normbench"],
         "tuned": ", ".join(f"{k}={v}" for k, v in tuned.items()),
     }
     if row["status"] == "completed":
