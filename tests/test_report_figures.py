@@ -41,7 +41,7 @@ def test_loss_panels_share_y_and_say_no_one_row_mean_or_n(runner, tmp_path, draw
     texts += [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert not any("running mean of 1 " in t or "(n=" in t for t in texts), texts
     assert "2 seeds, 1,024 training samples per run" in fig.get_suptitle()
-    assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)  # one legend, beside the panels
+    assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)  # one legend, below the panels
 
 
 def test_each_norm_has_one_colour_and_marker_in_every_figure(runner, tmp_path, drawn):

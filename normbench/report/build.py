@@ -268,7 +268,8 @@ def summary_table(summary: pd.DataFrame, extra: list[str]):
 
     constant = [c for c in [*extra, "device"] if summary[c].nunique() == 1]
     columns = {c: c for c in [*extra, "device"] if c not in constant}
-    columns = {"norm": "norm", **columns, **{c: h for c, h in TERMINAL_COLUMNS.items() if c != "norm"}}
+    columns = {"norm": "norm", **columns, **{c: h for c, h in TERMINAL_COLUMNS.items()
+                                             if c != "norm" and summary[c].notna().any()}}  # no column of dashes
     bad = summary["n_diverged"] + summary["n_failed"] + summary["n_unfinished"]
     first = summary.iloc[0]
     title = f"{first['dataset']} / {first['model']}: " + ", ".join(

@@ -20,7 +20,7 @@ from normbench.errors import NormbenchError
 
 # Config keys that never split a summary row: identity, bookkeeping, or the grid's own axes.
 NOT_GROUPING = {"name", "seed", "norm.type", "batch_size", "num_threads", "dataset.name", "dataset.data_dir",
-                "model", "log_every", "eval_batch_size", "device"}
+                "model", "log_every", "eval_batch_size", "device", "tensorboard", "checkpoint_every"}
 
 
 @dataclass

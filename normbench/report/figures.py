@@ -40,10 +40,11 @@ def _series(frame: pd.DataFrame, extra: list[str]) -> list[tuple[str, dict, pd.D
 
 def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, extra: list[str], title: str, path: Path) -> Path:
     """Training loss vs samples seen: a panel per batch size on one shared y axis, a line per series
-    (seed mean, min-max band), one legend beside the panels."""
+    (seed mean, min-max band), one legend below the panels."""
     done = runs[runs["status"] == "completed"]
     batch_sizes = sorted(done["batch_size"].unique())
-    fig, axes = new_figure(max(1, len(batch_sizes)), columns=3, size=PANEL_SIZE, sharey=True)
+    fig, axes = new_figure(max(1, len(batch_sizes)), columns=3, size=PANEL_SIZE if len(batch_sizes) > 1 else None,
+                           sharey=True)
     windows = set()
     for ax, batch_size in zip(axes, batch_sizes):
         for label, line, rows in _series(done[done["batch_size"] == batch_size], extra):
@@ -60,8 +61,8 @@ def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, extra: list[str], titl
                     "training loss (cross-entropy, nats)" if ax is axes[0] else None, legend=False)
     figure_legend(fig, axes)
     smoothing = f"; running mean of {max(windows)} logged rows" if windows and max(windows) > 1 else ""
-    fig.suptitle(f"Training loss vs samples seen: {title}\n(line: seed mean, band: min-max over seeds{smoothing})",
-                 fontsize=11)
+    lines = "line: seed mean, band: min-max over seeds" if done["seed"].nunique() > 1 else "one seed"
+    fig.suptitle(f"Training loss vs samples seen: {title}\n({lines}{smoothing})", fontsize=11)
     return save(fig, path)
 
 

@@ -60,13 +60,14 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
 
 
 def figure_legend(fig: Figure, axes: list) -> None:
-    """One legend for the whole figure, right of the panels (outside the data); labels once each."""
+    """One legend for the whole figure, below the panels (outside the data, clear of the title); labels once each."""
     handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=LEGEND_FONT)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 4),
+                   fontsize=LEGEND_FONT)
 
 
 def new_figure(panels: int = 1, columns: int | None = None, size: tuple[float, float] | None = None,
