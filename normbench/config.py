@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from normbench.configfile import read_yaml, resolve_config, shown
+from normbench.configfile import UniqueKeyLoader, read_yaml, resolve_config, shown  # noqa: F401 (UniqueKeyLoader: its old home)
 from normbench.errors import ConfigError
 from normbench.norms import IMPLS, NORMS, NormOptions
 from normbench.values import parse_assignment, parse_value
