@@ -289,6 +289,42 @@ def report(
     run_report(paths or [], out, console)
 
 
+@app.command()
+@handle_errors
+def configs() -> None:
+    """List the shipped configs: pass a name to `run` or `sweep`, e.g. `normbench run quickstart`."""
+    from rich.table import Table
+
+    from normbench.configfile import describe, shipped_dir, shipped_names
+
+    table = Table(title=f"normbench configs ({shipped_dir()})")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what")
+    for name in shipped_names():
+        table.add_row(name, describe(shipped_dir() / f"{name}.yaml"))
+    console.print(table)
+
+
+export_app = typer.Typer(help="Export results into other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("mlflow")
+@handle_errors
+def export_mlflow(
+    paths: Annotated[list[Path], typer.Argument(metavar="RESULTS...", help="Run directories, sweep directories or results roots.")],
+    tracking_uri: Annotated[str, typer.Option(
+        "--tracking-uri", help="MLflow tracking store: a folder (a local file store) or a URI.")] = "mlruns",
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment to write into.")] = "normbench",
+) -> None:
+    """Write runs (config as params, CSV columns as metrics, files as artifacts) into MLflow; again: new runs only (pip install 'normbench\\[mlflow]')."""
+    from normbench.export.mlflow import export_mlflow as export
+
+    counts = export(paths, tracking_uri, experiment)
+    console.print(f"exported {counts['exported']} run(s) and {counts['reports']} report(s) to {tracking_uri} "
+                  f"(experiment {experiment}); {counts['already']} already there, {counts['skipped']} unusable skipped")
+
+
 def main() -> None:
     """Entry point of the console script and `python -m normbench`."""
     app()

@@ -6,13 +6,14 @@ at once, each with its full key path (e.g. `norm.groups`), the bad value and wha
 
 from __future__ import annotations
 
-import reprlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from normbench.configfile import UniqueKeyLoader, read_yaml, resolve_config, shown  # noqa: F401 (UniqueKeyLoader: its old home)
 from normbench.errors import ConfigError
 from normbench.norms import IMPLS, NORMS, NormOptions
 from normbench.values import parse_assignment, parse_value
@@ -187,6 +188,8 @@ class Config(_Strict):
         1, ge=0, description="write checkpoint.pt (everything `normbench run --resume` needs to continue exactly) every "
         "this many epochs and when the run is stopped (Ctrl-C, SIGTERM); 0 = never"
     )
+    tensorboard: bool = Field(False, description="also write the steps.csv and epochs.csv values as TensorBoard scalars "
+        "into `<run dir>/tensorboard/` (docs/tensorboard.md); needs `pip install 'normbench[tensorboard]'`")
     cuda_graph: Literal["auto", True, False] = Field(
         "auto", description="capture the training step as one CUDA graph and replay it; auto = on for CUDA where the "
         "run allows it (not with a probe, fp16, a data-parallel rank or PyTorch norms with momentum null)"
@@ -229,6 +232,9 @@ class Config(_Strict):
             raise ValueError(f"max_samples={self.max_samples} is less than one batch of {self.batch_size}")
         if self.pack > 1:
             _check_packable(self)
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # fail before any training
+            raise ValueError("tensorboard: true needs the tensorboard package; pip install 'normbench[tensorboard]', or "
+                             "set tensorboard: false")
         return self
 
 
@@ -261,16 +267,6 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
             return None
         model = annotation
     return list(model.model_fields)
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """`value` as an error message shows it: a repr cut to about `limit` characters, built in
-    bounded time (a YAML alias bomb expands to gigabytes of repr)."""
-    short = reprlib.Repr()
-    short.maxlevel = short.maxlist = short.maxtuple = short.maxdict = 3
-    short.maxstring = short.maxother = short.maxlong = limit
-    text = short.repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _describe(error: dict) -> str:
@@ -328,42 +324,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, refusing a key given twice in one mapping (`<<` merges may still override)."""
-
-    def construct_mapping(self, node, deep=False):
-        """The mapping, after checking that no plain key appears in it twice."""
-        first: dict = {}
-        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            if key in first:  # PyYAML would keep the last one silently
-                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: key {shown(key)} given twice "
-                                  f"(first at line {first[key] + 1}); keep one")
-            first[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing file, a syntax error or a key given twice is a one-line ConfigError."""
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
-    try:
-        with open(path, encoding="utf-8") as f:  # the loader names the file in its errors
-            return yaml.load(f, Loader=UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file '{path}': {exc}") from None
-
-
 def load_config(path: Path | str, overrides: list[str] | tuple = ()) -> Config:
-    """Read, override and validate a config file; `name` defaults to the file's stem."""
-    path = Path(path)
+    """Read, override and validate a config file or a shipped config named like `quickstart`
+    (configfile.resolve_config); `name` defaults to the file's stem."""
+    path = resolve_config(path)
     data = read_yaml(path)
     if data is None:
         data = {}

@@ -162,3 +162,19 @@ def test_a_swept_key_splits_the_summary_and_the_default_out_is_inside_the_path(r
         rows = list(csv.DictReader(f))
     assert sorted((r["optimizer.lr"], r["n_seeds"], r["test_acc_mean"]) for r in rows) == [
         ("0.001", "2", "0.801"), ("0.01", "2", "0.81")]
+
+
+def test_the_gap_uses_the_eval_mode_train_accuracy_when_measured(runner, tmp_path):
+    """A short run's train-mode average (0.55) is below its test accuracy; the eval-mode accuracy on
+    the fixed training subset (0.80) is what the gap is drawn from."""
+    import json
+
+    for seed in (0, 1):
+        path = write_run(tmp_path / "runs", f"b{seed}", "batch", 8, seed, test_acc=0.70, train_acc=0.55)
+        meta = json.loads((path / "meta.json").read_text())
+        (path / "meta.json").write_text(json.dumps({**meta, "final_train_eval_acc": 0.80}))
+    result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["gap_pct_mean"]) == pytest.approx(10.0)

@@ -105,7 +105,7 @@ def test_a_data_parallel_resnet20_run_is_reported_like_the_cnn(runner, write_con
     out = tmp_path / "report"
     result = runner.invoke(app, ["report", str(tmp_path / "r"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert (out / "test_error_vs_batch_size_synthetic_resnet20.png").is_file()
+    assert (out / "test_error_by_norm_synthetic_resnet20.png").is_file()  # one batch size
     with open(out / "summary.csv", newline="") as f:
         (row,) = csv.DictReader(f)
     assert (row["model"], row["norm"], row["n_seeds"]) == ("resnet20", "batch", "1")

@@ -35,6 +35,12 @@ def group_keys(extra: list[str]) -> list[str]:
     return ["dataset", "model", "norm", "batch_size", *extra, "device"]
 
 
+def gap_train_acc(done: pd.DataFrame) -> pd.Series:
+    """The train accuracy of the accuracy gap: eval mode on the fixed training subset (train_eval_acc),
+    or, for runs from before it was measured, the mean over the last epoch's batches in train mode."""
+    return done["train_eval_acc"].astype(float).fillna(done["train_acc"].astype(float))
+
+
 def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     """One row per group: counts by status; test/train accuracy and speed over completed runs."""
     rows = []
@@ -56,7 +62,7 @@ def summarize(runs: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
             "test_error_pct_std": 100 * std,
             "test_error_pct_ci95": 100 * half,
             "train_acc_mean": done["train_acc"].astype(float).mean() if len(done) else math.nan,
-            "gap_pct_mean": 100 * (done["train_acc"].astype(float) - acc).mean() if len(done) else math.nan,
+            "gap_pct_mean": 100 * (gap_train_acc(done) - acc).mean() if len(done) else math.nan,
             "samples_per_s_mean": done["samples_per_s"].astype(float).mean() if len(done) else math.nan,
             "tuned": ", ".join(sorted(set(group.get("tuned", pd.Series(dtype=str)).dropna()) - {""})),
         })
@@ -146,6 +152,16 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in text)
 
 
+def setup_text(runs: pd.DataFrame) -> str:
+    """Budget, seeds, device and normbench version, said once for the whole report."""
+    done = runs[runs["status"] == "completed"]
+    seeds = ", ".join(str(s) for s in sorted(done["seed"].unique())) or "-"
+    devices = ", ".join(sorted(runs["device"].unique()))
+    versions = ", ".join(sorted(runs["version"].astype(str).unique()))
+    return (f"**Setup:** {budget_text(runs)} (seeds {seeds}); device{'s' if runs['device'].nunique() > 1 else ''}: "
+            f"{devices}; normbench {versions}.")
+
+
 def intro(collected: Collected, sources: list[Path], tuned: bool) -> list[str]:
     """report.md's opening: where the runs came from, how they are averaged, whether tuned."""
     runs = collected.runs
@@ -153,7 +169,7 @@ def intro(collected: Collected, sources: list[Path], tuned: bool) -> list[str]:
     md = ["# normbench report", "",
           f"Sources: {', '.join(f'`{s}`' for s in sources)}. Runs found: {len(runs) + len(collected.skipped)}: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(collected.skipped)} skipped (see below).",
-          "", "Means are over completed runs only (n_seeds); diverged, failed and unfinished runs are counted "
+          "", setup_text(runs), "", "Means are over completed runs only (n_seeds); diverged, failed and unfinished runs are counted "
           "separately and listed below. The same table is in `summary.csv`. With two or more seeds, ± and the "
           "`*_ci95` columns are the half-width of the 95 % Student t confidence interval of the mean over seeds; "
           "differences are tested with Welch's t-test, and with a paired t-test where both norms ran the same seeds.", ""]
@@ -162,6 +178,33 @@ def intro(collected: Collected, sources: list[Path], tuned: bool) -> list[str]:
                "chosen by the final validation accuracy averaged over seeds; the test split played no part in the "
                "choice. The runs of the other settings are listed under skipped runs.", ""]
     return md
+
+
+def budget_text(runs: pd.DataFrame) -> str:
+    """The completed runs' seeds and training budget, said once: `2 seeds, 1,024 training samples per run`."""
+    done = runs[runs["status"] == "completed"]
+    seeds = done["seed"].nunique()
+    samples = sorted(int(s) for s in done["samples_seen"].dropna().unique())
+    budget = "" if not samples else f"{samples[0]:,}" if len(samples) == 1 else f"{samples[0]:,}-{samples[-1]:,}"
+    return f"{seeds} seed{'s' if seeds != 1 else ''}" + (f", {budget} training samples per run" if budget else "")
+
+
+def draw_part(part: pd.DataFrame, part_runs: pd.DataFrame, curves: pd.DataFrame, keys: tuple[list, list], title: str,
+              out: Path, slug: str) -> list[tuple[Path, str]]:
+    """One (dataset, model) part's figures as (PNG, caption): test error (by norm at one batch size,
+    or over batch size), the loss curves, and with two or more batch sizes throughput and gap over it. `keys`: the config keys that split lines, without and with device."""
+    varying, per_device = keys
+    drawn = [(figures.loss_curves(part_runs, curves, varying, title, out / f"loss_curves_{slug}.png"),
+              "Training loss vs samples seen")]
+    if part["batch_size"].nunique() < 2:  # a figure over one batch size would be a row of dots
+        return [(figures.test_error_by_norm(part, per_device, title, out / f"test_error_by_norm_{slug}.png"),
+                 "Test error by norm (bars: 95 % CI of the mean)"), *drawn]
+    return [(figures.test_error(part, per_device, title, out / f"test_error_vs_batch_size_{slug}.png"),
+             "Test error vs batch size (bars: 95 % CI of the mean)"), *drawn,
+            (figures.throughput(part, varying, title, out / f"throughput_vs_batch_size_{slug}.png"),
+             "Training throughput vs batch size"),
+            (figures.accuracy_gap(part, per_device, title, out / f"accuracy_gap_vs_batch_size_{slug}.png"),
+             "Train-vs-test accuracy gap vs batch size (train accuracy in eval mode on a fixed training subset)")]
 
 
 def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
@@ -182,13 +225,9 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
         slug = _slug(f"{dataset}_{model}")
         varying = [k for k in extra if part[k].nunique() > 1]  # keys that split lines in this part
         per_device = [*varying, "device"] if several_devices else varying
-        drawn = [
-            figures.test_error(part, per_device, title, out / f"test_error_vs_batch_size_{slug}.png"),
-            figures.loss_curves(part_runs, collected.curves, varying, title, out / f"loss_curves_{slug}.png"),
-            figures.throughput(part, varying, title, out / f"throughput_vs_batch_size_{slug}.png"),
-            figures.accuracy_gap(part, per_device, title, out / f"accuracy_gap_vs_batch_size_{slug}.png"),
-        ]
-        files += drawn
+        drawn = draw_part(part, part_runs, collected.curves, (varying, per_device), f"{title}, {budget_text(part_runs)}",
+                          out, slug)
+        files += [path for path, _ in drawn]
         md += [f"## {title}", "", "### Findings", ""]
         keys = per_device or ["device"]
         for _, setting in part.groupby(keys, sort=False):
@@ -196,10 +235,10 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
             setting_runs = part_runs[(part_runs[keys] == setting.iloc[0][keys]).all(axis=1)]  # the same seeds' runs
             md += [f"- {f'({label}) ' if label else ''}{line}" for line in findings(setting, setting_runs)]
         md += [""]
-        for path, caption in zip(drawn, ("Test error vs batch size (bars: 95 % CI of the mean)", "Training loss vs samples seen",
-                                         "Training throughput vs batch size", "Train-vs-test accuracy gap vs batch size")):
+        for path, caption in drawn:
             md += [f"![{caption}]({path.name})", ""]
-        md += ["### Summary", "", *_md_table(part.drop(columns=["dataset", "model"])), ""]
+        shown = part.drop(columns=["dataset", "model", *(["device"] if not several_devices else [])])  # device: in the header
+        md += ["### Summary", "", *_md_table(shown), ""]
     bad = runs[runs["status"] != "completed"]
     if len(bad):
         md += ["## Runs not averaged (diverged, failed, unfinished)", "", "| run | norm | batch size | seed | status | reason |",
@@ -217,22 +256,31 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
     return summary, [*files, out / REPORT_FILE]
 
 
+# The terminal table's columns (summary.csv's name -> a header that fits 80 columns); the CSV has them all.
+TERMINAL_COLUMNS = {"norm": "norm", "batch_size": "batch", "n_seeds": "seeds", "test_error_pct_mean": "test err %",
+                    "test_error_pct_ci95": "± CI95", "gap_pct_mean": "gap pts", "samples_per_s_mean": "samples/s"}
+
+
 def summary_table(summary: pd.DataFrame, extra: list[str]):
-    """One (dataset, model) part of the summary as a rich table, with the same numbers as summary.csv."""
+    """One (dataset, model) part of the summary as a rich table with short headers (readable at 80
+    columns), the same numbers as summary.csv; keys and devices that are constant go in the title."""
     from rich.table import Table
 
-    hidden = {"dataset", "model", "test_error_pct_std", "test_error_pct_ci95", "train_acc_mean", "n_diverged", "n_failed",
-              "n_unfinished"}
-    hidden |= {c for c in [*extra, "device"] if summary[c].nunique() == 1}  # constant here: said in the title
-    columns = [c for c in summary.columns if c not in hidden]  # the CSV's names; fits a terminal
+    constant = [c for c in [*extra, "device"] if summary[c].nunique() == 1]
+    columns = {c: c for c in [*extra, "device"] if c not in constant}
+    columns = {"norm": "norm", **columns, **{c: h for c, h in TERMINAL_COLUMNS.items()
+                                             if c != "norm" and summary[c].notna().any()}}  # no column of dashes
+    bad = summary["n_diverged"] + summary["n_failed"] + summary["n_unfinished"]
     first = summary.iloc[0]
     title = f"{first['dataset']} / {first['model']}: " + ", ".join(
-        f"{c}={first[c]}" for c in [*extra, "device"] if c in hidden and first[c] != "null")
+        f"{c}={first[c]}" for c in constant if first[c] != "null")
     table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="right" if column not in ("dataset", "model", "norm", "device") else "left")
-    for row in summary[columns].itertuples(index=False):
-        table.add_row(*(fmt(v, c) for c, v in zip(columns, row)))
+    for column, header in columns.items():
+        table.add_column(header, justify="left" if column in ("norm", "device") else "right")
+    if bad.any():
+        table.add_column("not averaged", justify="right")
+    for (_, row), n_bad in zip(summary.iterrows(), bad):
+        table.add_row(*(fmt(row[c], c) for c in columns), *([str(int(n_bad))] if bad.any() else []))
     return table
 
 

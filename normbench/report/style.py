@@ -16,6 +16,8 @@ from normbench.norms import NORMS
 # One colour per registered norm (16 since the norm zoo), so no two norms of a figure share one.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#e7ba52", "#637939", "#ad494a", "#000000", "#6b6ecf", "#31a354", "#843c39")
+# One marker per registered norm, cycled with the palette's order, so a norm is told apart in greyscale too.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p", "d", "8", "H", "1", "2", "3")
 LINE_STYLES = ("-", "--", ":", "-.")
 DPI = 110
 PANEL_SIZE = (5.2, 3.9)  # inches per panel of a grid of panels
@@ -35,6 +37,37 @@ def colour(norm: str) -> str:
     """A fixed colour per norm, the same in every figure."""
     order = list(NORMS) + [norm]
     return PALETTE[order.index(norm) % len(PALETTE)]
+
+
+def marker(norm: str) -> str:
+    """A fixed marker per norm, the same in every figure (registry order, like `colour`)."""
+    order = list(NORMS) + [norm]
+    return MARKERS[order.index(norm) % len(MARKERS)]
+
+
+def plain_log_ticks(ax, axis: str = "y") -> None:
+    """Plain numbers (60, 100, 400) on a log axis instead of 6x10^1 and 10^2, minor ticks labelled too
+    when the axis spans less than a decade and a half."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    which = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:g}")
+    which.set_major_formatter(plain)
+    if high / max(low, 1e-12) < 30:  # few decades: label 2, 3 and 5 times each power of ten as well
+        which.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
+        which.set_minor_formatter(plain)
+
+
+def figure_legend(fig: Figure, axes: list) -> None:
+    """One legend for the whole figure, below the panels (outside the data, clear of the title); labels once each."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 4),
+                   fontsize=LEGEND_FONT)
 
 
 def new_figure(panels: int = 1, columns: int | None = None, size: tuple[float, float] | None = None,
@@ -63,7 +96,8 @@ def batch_size_axis(ax, batch_sizes, label: str = "batch size (samples per step,
 
 def finish_axes(ax, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
                 legend: bool = True) -> None:
-    """Labels, a title in TITLE_FONT, the grid and a legend in LEGEND_FONT (where lines are labelled)."""
+    """Labels, a title in TITLE_FONT, the grid and a legend in LEGEND_FONT right of the axes, outside
+    the data (where lines are labelled)."""
     if xlabel is not None:
         ax.set_xlabel(xlabel)
     if ylabel is not None:
@@ -72,7 +106,7 @@ def finish_axes(ax, title: str | None = None, xlabel: str | None = None, ylabel:
         ax.set_title(title, fontsize=TITLE_FONT)
     ax.grid(True, alpha=GRID_ALPHA)
     if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=LEGEND_FONT)
+        ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -47,3 +47,28 @@ def evaluate_packed(model: nn.Module, test_x: list[torch.Tensor], test_y: list[t
             correct += (logits.argmax(2) == yb).sum(0)
     model.train(was_training)
     return [(loss_sum[i].item() / n, correct[i].item() / n) for i in range(k)]
+
+
+class TrainSubset:
+    """A fixed subset of the training split (the same samples for every run, seed and epoch), evaluated
+    in eval mode at each epoch's end like the test split: the train accuracy the accuracy gap is
+    taken from, not the running average over a still-learning epoch."""
+
+    SAMPLES = 5000  # at most; fewer when the training split is smaller
+    SEED = 20150211  # fixed: the subset does not depend on the run's seed
+
+    def __init__(self, n_train: int, device: torch.device):
+        generator = torch.Generator().manual_seed(self.SEED)
+        size = min(self.SAMPLES, n_train)
+        self.index = torch.randperm(n_train, generator=generator)[:size].sort().values.to(device)  # (size,)
+
+    def accuracies(self, trainer) -> list[float]:
+        """Per lane of `trainer` (one model, or K packed seeds): accuracy on the subset in eval mode."""
+        cfg, i = trainer.cfg, self.index
+        if hasattr(trainer, "datas"):  # packed seeds: one data set per seed
+            xs, ys = [d.train_x[i] for d in trainer.datas], [d.train_y[i] for d in trainer.datas]
+            return [acc for _, acc in evaluate_packed(trainer.model, xs, ys, cfg.eval_batch_size, cfg.precision)]
+        model = trainer.model
+        loss, acc = trainer.world.evaluate(model, lambda x, y: evaluate(model, x, y, cfg.eval_batch_size, cfg.precision),
+                                           trainer.data.train_x[i], trainer.data.train_y[i])
+        return [acc]

@@ -19,7 +19,9 @@ import torch
 from normbench.results import EPOCH_COLUMNS
 from normbench.runtime import synchronize
 from normbench.train.checkpoint import Checkpointer
+from normbench.train.evaluate import TrainSubset
 from normbench.train.progress import Reporter
+from normbench.train.tensorboard import TensorBoardLog
 
 
 class StopRequests:
@@ -63,6 +65,8 @@ class Loop:
         if resume is not None:
             self.position = self.checkpoints.restore(resume)
         self.run_start = time.perf_counter() - self.position["elapsed_s"]
+        self.train_subset = TrainSubset(len(trainer.lanes[0].data.train_y), trainer.device)
+        self.tensorboard = TensorBoardLog(trainer.lanes, self.cfg.tensorboard, self.position["steps_done"])
 
     def alive(self) -> list[int]:
         """Indices of the lanes still training."""
@@ -86,6 +90,7 @@ class Loop:
                         raise KeyboardInterrupt
             self.checkpoints.remove()
         finally:
+            self.tensorboard.close()
             self.trainer.close()
 
     def at(self, epoch: int, in_epoch: int) -> dict:
@@ -153,11 +158,11 @@ class Loop:
         window_loss = [(c - b) / window for c, b in zip(cumulative, last_loss)]
         speed = window * self.cfg.batch_size / max(now - self.window_time, 1e-9)  # per lane
         for j in self.alive():
-            self.trainer.lanes[j].run_dir.steps.write({
-                "step": p["steps_done"], "epoch": epoch, "samples_seen": p["samples_seen"],
-                "train_loss": window_loss[j], "lr": self.step.lr, "samples_per_s": speed,
-                "elapsed_s": now - self.run_start,
-            })
+            row = {"step": p["steps_done"], "epoch": epoch, "samples_seen": p["samples_seen"],
+                   "train_loss": window_loss[j], "lr": self.step.lr, "samples_per_s": speed,
+                   "elapsed_s": now - self.run_start}
+            self.trainer.lanes[j].run_dir.steps.write(row)
+            self.tensorboard.steps_row(j, row)
             if not math.isfinite(window_loss[j]):
                 self.trainer.lanes[j].diverge(f"training loss became {window_loss[j]} at step {p['steps_done']} (epoch {epoch})")
         alive = self.alive()
@@ -171,6 +176,7 @@ class Loop:
         """Evaluate, write each lane's epochs.csv row and final metrics; False once all diverged."""
         eval_start = time.perf_counter()
         tests, vals = self.trainer.evaluate("test"), self.trainer.evaluate("val")
+        train_evals = self.train_subset.accuracies(self.trainer)
         eval_s = time.perf_counter() - eval_start
         extras = self.trainer.diagnostics(epoch)
         losses = self.trainer.world.reduce(self.step.loss_sum, mean=True)
@@ -180,17 +186,20 @@ class Loop:
             row = {
                 "epoch": epoch, "samples_seen": p["samples_seen"],
                 "train_loss": losses[j] / self.epoch_steps,
-                "train_acc": correct[j] / (self.epoch_steps * self.cfg.batch_size),
+                "train_acc": correct[j] / (self.epoch_steps * self.cfg.batch_size), "train_eval_acc": train_evals[j],
                 "test_loss": tests[j][0], "test_acc": tests[j][1],
                 "val_loss": vals[j] and vals[j][0], "val_acc": vals[j] and vals[j][1],
                 "samples_per_s": self.epoch_steps * self.cfg.batch_size / self.epoch_s,
                 "epoch_s": self.epoch_s, "eval_s": eval_s, "lr": self.step.lr, **extras[j],
             }
-            self.record_epoch(self.trainer.lanes[j], {column: row.get(column) for column in EPOCH_COLUMNS})
+            self.tensorboard.epochs_row(j, row, p["steps_done"])
+            self.record_epoch(self.trainer.lanes[j], {column: row.get(column) for column in EPOCH_COLUMNS},
+                              train_evals[j])
         return bool(self.alive())
 
-    def record_epoch(self, lane, row: dict) -> None:
-        """Write one lane's epoch row, then its final metrics, or its divergence."""
+    def record_epoch(self, lane, row: dict, train_eval_acc: float) -> None:
+        """Write one lane's epoch row, then its final metrics (with the eval-mode accuracy on the fixed
+        training subset, whether or not epochs.csv has that column), or its divergence."""
         lane.run_dir.epochs.write(row)
         self.reporter.epoch(row, self.epochs)
         if not math.isfinite(row["train_loss"]) or not math.isfinite(row["test_loss"]):
@@ -201,6 +210,7 @@ class Loop:
         lane.final = {
             "final_test_acc": row["test_acc"], "final_test_loss": row["test_loss"],
             "final_train_loss": row["train_loss"], "final_train_acc": row["train_acc"],
+            "final_train_eval_acc": train_eval_acc,
             "final_val_loss": row["val_loss"], "final_val_acc": row["val_acc"],
             "best_test_acc": lane.best_test_acc, "epochs_done": row["epoch"], "steps_done": p["steps_done"],
             "samples_seen": p["samples_seen"], "train_s": p["train_s"],

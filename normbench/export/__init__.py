@@ -1,0 +1,1 @@
+"""Exporters of finished results into other tools (`normbench export ...`)."""
