@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from normbench import __version__
+from normbench.version import __version__
 from normbench.cli_edge import Command, Group, command_argv, fail, handle_errors
 from normbench.cli_edge import sigterm_as_interrupt as _sigterm_as_interrupt  # the name the commands use
 from normbench.errors import ConfigError

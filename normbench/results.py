@@ -27,8 +27,8 @@ from normbench.errors import NormbenchError
 
 STEP_COLUMNS = ("step", "epoch", "samples_seen", "train_loss", "lr", "samples_per_s", "elapsed_s")
 EPOCH_COLUMNS = (
-    "epoch", "samples_seen", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "samples_per_s", "epoch_s", "eval_s", "lr",
+    "epoch", "samples_seen", "train_loss", "train_acc", "train_eval_acc", "val_loss", "val_acc", "test_loss",
+    "test_acc", "samples_per_s", "epoch_s", "eval_s", "lr",
     # batch-norm diagnostics (normbench/norms/diagnostics.py); empty for other norms
     "test_loss_batch_stats", "test_acc_batch_stats", "test_loss_precise_bn", "test_acc_precise_bn",
 )
@@ -207,7 +207,7 @@ def environment(device) -> dict:
     import torch
     import torchvision
 
-    from normbench import __version__
+    from normbench.version import __version__
 
     device = torch.device(device)
     if device.type == "cuda":

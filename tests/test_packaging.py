@@ -57,8 +57,6 @@ def test_installed_package_finds_configs_by_name(wheel, tmp_path):
     assert dry.returncode == 0 and "name: quickstart" in dry.stdout, dry.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="normbench/sweep/plan.py's DEFAULT_BASE is the checkout's configs/; it should "
-                   "be normbench.configfile.shipped_dir() / 'sweep_base.yaml' (sweep/ is not this branch's to edit)")
 def test_installed_sweep_finds_its_default_config(wheel, tmp_path):
     result = installed(wheel, tmp_path, "-m", "normbench", "sweep", "--dry-run", "--norms", "batch")
     assert result.returncode == 0, result.stderr

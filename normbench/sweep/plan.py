@@ -22,6 +22,7 @@ import yaml
 
 from normbench import results
 from normbench.config import Config, to_dict
+from normbench.configfile import shipped_dir
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
 from normbench.runtime import cpu_cores
 from normbench.sweep.executor import LocalPlan
@@ -32,7 +33,7 @@ from normbench.sweep.point import PointTask
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
 LOGS_DIR = "logs"  # logs/<point-id>.log: what each point's worker wrote to stderr (torch warnings, ...)
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "val_acc", "val_loss", "test_acc", "samples_per_s", "wall_s")
-DEFAULT_BASE = Path(__file__).resolve().parents[2] / "configs" / "sweep_base.yaml"  # the repository's configs/
+DEFAULT_BASE = shipped_dir() / "sweep_base.yaml"  # normbench/configs/ when installed, else the checkout's configs/
 
 
 def index_columns(axes: list[Axis]) -> tuple[str, ...]:

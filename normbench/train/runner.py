@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from normbench import __version__, results
+from normbench import results
+from normbench.version import __version__
 from normbench.config import Config, dump, to_dict, validate
 from normbench.data import TensorData, load_dataset
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, NormbenchError
