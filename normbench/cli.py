@@ -289,7 +289,7 @@ def report(
     run_report(paths or [], out, console)
 
 
-@app.command()
+@app.command(cls=Command, epilog="Example: normbench configs, then normbench run repro/gn_resnet20")
 @handle_errors
 def configs() -> None:
     """List the shipped configs: pass a name to `run` or `sweep`, e.g. `normbench run quickstart`."""
@@ -305,11 +305,13 @@ def configs() -> None:
     console.print(table)
 
 
-export_app = typer.Typer(help="Export results into other tools.", no_args_is_help=True)
+export_app = typer.Typer(help="Export results into other tools.", no_args_is_help=True, cls=Group,
+                         epilog="Example: normbench export mlflow results")
 app.add_typer(export_app, name="export")
 
 
-@export_app.command("mlflow")
+@export_app.command("mlflow", cls=Command,
+                    epilog="Example: normbench export mlflow results --tracking-uri mlruns, then mlflow ui")
 @handle_errors
 def export_mlflow(
     paths: Annotated[list[Path], typer.Argument(metavar="RESULTS...", help="Run directories, sweep directories or results roots.")],
