@@ -68,7 +68,7 @@ def check(cfg: Config, nproc: int | None) -> None:
 def start(cfg: Config, nproc: int | None, results_dir: Path, data_dir: Path | None, console,
           run_name: str | None = None) -> list[RunOutcome] | None:
     """Train `cfg` the way its options say; None for a torchrun rank other than 0 that completed.
-    The run directory is `<run_name or cfg.name>-<time>` (packed seeds: `<cfg.name>-seed<k>-<time>`)."""
+    The run directory is `<run_name or cfg.name>-<time>` (packed seeds: `<run_name or cfg.name>-seed<k>-<time>`)."""
     if nproc and distributed.from_env():
         raise ConfigError("--nproc starts local processes; under torchrun set the count with --nproc-per-node instead")
     reporter = RichReporter(console=console)
@@ -84,7 +84,7 @@ def start(cfg: Config, nproc: int | None, results_dir: Path, data_dir: Path | No
             raise ConfigError(f"--nproc {nproc} with pack={cfg.pack}: packed seeds run in one process; drop one of them")
         return [launch.launch_run(cfg, nproc, results_dir, data_dir, run_name=run_name)]
     if cfg.pack > 1:
-        return run_packed(cfg, results_dir, data_dir=data_dir, reporter=reporter)
+        return run_packed(cfg, results_dir, data_dir=data_dir, reporter=reporter, run_name=run_name)
     if run_name is None:
         return [run(cfg, results_dir, data_dir=data_dir, reporter=reporter)]
     check(cfg, None)  # the usual problems before the directory exists

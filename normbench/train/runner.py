@@ -144,8 +144,10 @@ def run_packed(
     data_dir: Path | str | None = None,
     reporter: Reporter | None = None,
     data: TensorData | list[TensorData] | None = None,
+    run_name: str | None = None,
 ) -> list[RunOutcome]:
-    """Run the config's `pack` seeds as one packed model; one RunOutcome (and run directory) per seed."""
+    """Run the config's `pack` seeds as one packed model; one RunOutcome (and run directory,
+    `<run_name or name>-seed<k>-<time>`) per seed."""
     if cfg.pack < 2:
         raise NormbenchError(f"run_packed needs pack >= 2, got pack={cfg.pack}; use run for one seed")
     world = LocalWorld(resolve_device(cfg.device))
@@ -157,7 +159,7 @@ def run_packed(
     lanes: list[Lane] = []
     try:
         for c, d in zip(configs, datas):
-            path = results.new_run_path(results_dir, f"{c.name}-seed{c.seed}")
+            path = results.new_run_path(results_dir, f"{run_name or c.name}-seed{c.seed}")
             lanes.append(Lane(c, d, _open_run_dir(c, d, path, world)))
     except (OSError, NormbenchError) as exc:  # no seed has trained: none of them is left behind
         for lane in lanes:
