@@ -90,8 +90,11 @@ def run(
     if resume is not None:
         outcomes = dispatch.resume_run(resume, cfg, nproc, data_dir, console)
     else:
-        named = name is not None or not set_ or any(o.partition("=")[0].strip() == "name" for o in set_)
-        run_name = None if named else f"{cfg.name}-{dispatch.override_tag(set_)}"
+        # `pack` says how seeds run, not what they are; packed runs append their own seed
+        skip = {"pack", "seed"} if cfg.pack > 1 else {"pack"}
+        tagged = [o for o in set_ or [] if o.partition("=")[0].strip() not in skip]
+        named = name is not None or not tagged or any(o.partition("=")[0].strip() == "name" for o in tagged)
+        run_name = None if named else f"{cfg.name}-{dispatch.override_tag(tagged)}"
         outcomes = dispatch.start(cfg, nproc, results_dir, data_dir, console, run_name)
     if outcomes is None:  # a torchrun rank other than 0: rank 0 reports
         return

@@ -30,7 +30,8 @@ V2 = {"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"}
 def test_the_wheel_ships_the_cpp_source(tmp_path):
     """A wheel built from the project holds the .cpp the kernel compiles at run time."""
     source = tmp_path / "src"
-    shutil.copytree(REPO / "normbench", source / "normbench", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("normbench", "configs"):  # configs/ ships as normbench/configs
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     out = subprocess.run([sys.executable, "-c", "from setuptools import build_meta; print(build_meta.build_wheel('wheel'))"],

@@ -423,8 +423,9 @@ def test_data_parallel_refuses_one_sample_per_process_for_batch_dependent_zoo_no
 def test_norms_command_lists_the_zoo(runner):
     result = runner.invoke(app, ["norms"], env={"COLUMNS": "300"})
     assert result.exit_code == 0
+    rows = {line.split()[0] for line in result.output.splitlines() if line.strip()}
     for name in ZOO:
-        assert f"│ {name} " in result.output
+        assert name in rows, name
     assert "per channel over (G, H, W) of each ghost batch" in result.output
 
 

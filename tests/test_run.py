@@ -232,13 +232,13 @@ def test_run_names_carry_the_overrides_and_meta_records_the_command(runner, writ
     assert meta["argv"] == ["normbench", *args] and meta["overrides"] == ["norm.type=group", "batch_size=8"]
 
 
-def test_packed_run_names_carry_the_overrides(runner, write_config, tmp_path):
+def test_packed_run_names_carry_the_overrides_but_not_pack_or_seed(runner, write_config, tmp_path):
     args = ["run", str(write_config(epochs=1)), "--set", "pack=2", "--set", "batch_size=8",
             "--results-dir", str(tmp_path / "r")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "r" / "runs").iterdir())
-    assert [n.split("-20")[0] for n in names] == ["tiny-pack=2-bs=8-seed0", "tiny-pack=2-bs=8-seed1"], names
+    assert [n.split("-20")[0] for n in names] == ["tiny-bs=8-seed0", "tiny-bs=8-seed1"], names
 
 
 def test_name_option_names_the_run(runner, write_config, tmp_path):
