@@ -1,7 +1,8 @@
 """Running a config end to end: checks, data, run directories, the loop, and how each run ended.
 
 `run` trains one seed (a plain run, or one rank of a data-parallel run); `run_packed` trains the
-config's `pack` seeds as one packed model. Both build lanes and hand them to the one loop
+config's `pack` seeds as one packed model, `run_seeds_packed` any K seeds of one config into the
+run directories given (what a sweep packs). Both build lanes and hand them to the one loop
 (`normbench.train.loop`). Config, device and data problems raise NormbenchError before anything
 is written; once a run directory exists, every ending is recorded in its meta.json.
 """
@@ -150,17 +151,56 @@ def run_packed(
     `<run_name or name>-seed<k>-<time>`) per seed."""
     if cfg.pack < 2:
         raise NormbenchError(f"run_packed needs pack >= 2, got pack={cfg.pack}; use run for one seed")
+    configs = seed_configs(cfg)
+    name = lambda k: f"{run_name or configs[k].name}-seed{configs[k].seed}"  # noqa: E731
+    return _train_packed(cfg, configs, results_dir, lambda k: results.new_run_path(results_dir, name(k)),
+                         data_dir, reporter, data)
+
+
+def pack_config(configs: list[Config]) -> Config:
+    """The packed config standing for `configs` (one config with K >= 2 different seeds, each
+    pack: 1): the first with pack: K. A ConfigError says why they cannot pack."""
+    if len(configs) < 2:
+        raise ConfigError(f"packing needs at least 2 seeds, got {len(configs)}")
+    first = to_dict(configs[0])
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) < len(seeds) or any(c.pack != 1 for c in configs):
+        raise ConfigError(f"packing needs different seeds, each with pack: 1; got seeds {seeds}")
+    for c in configs[1:]:
+        if {**to_dict(c), "seed": first["seed"]} != first:
+            raise ConfigError(f"seeds {first['seed']} and {c.seed} differ in more than their seed; they cannot pack")
+    return validate({**first, "pack": len(configs)}, f"packed seeds {', '.join(map(str, seeds))}")
+
+
+def run_seeds_packed(
+    configs: list[Config],
+    run_paths: list[Path],
+    data_dir: Path | str | None = None,
+    reporter: Reporter | None = None,
+    data: TensorData | list[TensorData] | None = None,
+    replace_incomplete: bool = False,
+) -> list[RunOutcome]:
+    """Train `configs` (one config with K different seeds, in any order, each pack: 1) as one packed
+    model, seed k into `run_paths[k]` (an incomplete run there is cleared with `replace_incomplete`;
+    a completed one never); one RunOutcome per seed, in the order given."""
+    if len(run_paths) != len(configs):
+        raise NormbenchError(f"run_seeds_packed: {len(run_paths)} run paths for {len(configs)} seeds")
+    return _train_packed(pack_config(configs), configs, Path(run_paths[0]).parent, lambda k: Path(run_paths[k]),
+                         data_dir, reporter, data, replace_incomplete)
+
+
+def _train_packed(cfg: Config, configs: list[Config], results_dir, path_for, data_dir, reporter, data,
+                  replace_incomplete: bool = False) -> list[RunOutcome]:
+    """Train the seed `configs` of the packed `cfg` as one model, seed k into `path_for(k)`."""
     world = LocalWorld(resolve_device(cfg.device))
     results_dir = _prepare(cfg, results_dir, world)
-    configs = seed_configs(cfg)
     datas = _packed_data(cfg, configs, data, world.device, data_dir)
     for c, d in zip(configs, datas):
         check_fits(c, d)
     lanes: list[Lane] = []
     try:
-        for c, d in zip(configs, datas):
-            path = results.new_run_path(results_dir, f"{run_name or c.name}-seed{c.seed}")
-            lanes.append(Lane(c, d, _open_run_dir(c, d, path, world)))
+        for k, (c, d) in enumerate(zip(configs, datas)):
+            lanes.append(Lane(c, d, _open_run_dir(c, d, path_for(k), world, replace_incomplete)))
     except (OSError, NormbenchError) as exc:  # no seed has trained: none of them is left behind
         for lane in lanes:
             lane.run_dir.steps.close()
