@@ -256,6 +256,11 @@ def sweep(
     ray_retries: Annotated[int, typer.Option(
         "--ray-retries", help="Reruns of a point whose Ray worker died before it is recorded as failed.",
     )] = 1,
+    pack_seeds: Annotated[str, typer.Option(
+        "--pack-seeds", metavar="auto|on|off", help=(
+            "Train each grid point's seeds as one packed model (pack: K) where packing is exact; auto: on a "
+            "CUDA device only. One run directory and index row per seed either way."),
+    )] = "auto",
     ctx: typer.Context = None,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
@@ -273,7 +278,7 @@ def sweep(
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
                      data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run, norms_from=norms_from,
                      command={"argv": command_argv(ctx), "overrides": set_ or []},
-                     executor=executor, ray_address=ray_address, ray_retries=ray_retries)
+                     executor=executor, ray_address=ray_address, ray_retries=ray_retries, pack_seeds=pack_seeds)
     if code:
         raise typer.Exit(code)
 

@@ -1,9 +1,10 @@
 """The executor interface: one polling loop (`drive`) over a backend that runs points.
 
-A backend starts points (`submit`), says which have ended (`wait`), turns an ended point into a
-PointResult (`result`), hands over the progress events that arrived (`events`), stops the points
-in flight on Ctrl-C (`cancel`) and releases its workers (`close`). `drive` does the rest for every
-backend alike: events to the view, each result to the view and index.csv, Ctrl-C handling.
+A backend starts tasks (`submit`: a point, or a PackTask of one grid point's seeds), says which
+have ended (`wait`), turns an ended task into PointResults (`result`: one, or one per packed
+point), hands over the progress events that arrived (`events`), stops the points in flight on
+Ctrl-C (`cancel`) and releases its workers (`close`). `drive` does the rest for every backend
+alike: events to the view, each result to the view and index.csv, Ctrl-C handling.
 
 The local backends live here: `InProcess` (one point after another in this process) and
 `ProcessPool` (N spawned worker processes); the Ray backend is in ray_executor.py.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from normbench.errors import EXIT_INTERRUPTED
-from normbench.sweep.point import WORKER_CACHE, PointResult, PointTask, run_guarded
+from normbench.sweep.point import WORKER_CACHE, PackTask, PointResult, PointTask, ended, run_guarded
 
 POLL_S = 0.2  # how often the loop looks for ended points and progress events
 
@@ -30,14 +31,14 @@ class Backend(Protocol):
 
     grace_s: float | None  # after `cancel`, how long to wait for points in flight (None: until they end)
 
-    def submit(self, task: PointTask) -> Any:
-        """Start (or queue) one point; a hashable handle to it."""
+    def submit(self, task: PointTask | PackTask) -> Any:
+        """Start (or queue) one task; a hashable handle to it."""
 
     def wait(self, handles: list, timeout: float) -> tuple[list, list]:
         """(ended, not ended) among `handles`, after at most `timeout` seconds."""
 
-    def result(self, handle, task: PointTask) -> PointResult:
-        """How an ended point ended (a lost worker is a failed point, recorded in its run directory)."""
+    def result(self, handle, task: PointTask | PackTask) -> PointResult | list[PointResult]:
+        """How an ended task's points ended (a lost worker fails them, recorded in their run directories)."""
 
     def events(self) -> list:
         """The (point_id, kind, payload) progress events that arrived since the last call."""
@@ -78,10 +79,12 @@ def drive(backend: Backend, sweep, tasks: list[PointTask], view) -> None:
             done, pending = backend.wait(pending, POLL_S)
             forward(backend, view)
             for handle in done:
-                result = backend.result(handle, handles[handle])
-                view.point_done(result)
+                outcome = backend.result(handle, handles[handle])
+                points = outcome if isinstance(outcome, list) else [outcome]
+                for result in points:
+                    view.point_done(result)
                 sweep.write_index()
-                if result.status == "interrupted":
+                if any(result.status == "interrupted" for result in points):
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         backend.cancel(list(handles))
@@ -103,7 +106,7 @@ class InProcess:
     def __init__(self, send):
         self.send, self.cache = send, {}
         self.tasks: dict[int, PointTask] = {}
-        self.results: dict[int, PointResult] = {}
+        self.results: dict[int, PointResult | list[PointResult]] = {}
         self.cancelled = False
 
     def submit(self, task: PointTask) -> int:
@@ -119,8 +122,8 @@ class InProcess:
         self.results[first] = run_guarded(self.tasks[first], self.send, self.cache)
         return [first], list(handles[1:])
 
-    def result(self, handle: int, task: PointTask) -> PointResult:
-        """How the point ended."""
+    def result(self, handle: int, task: PointTask | PackTask) -> PointResult | list[PointResult]:
+        """How the task's points ended."""
         return self.results.pop(handle)
 
     def events(self) -> list:
@@ -164,13 +167,13 @@ def init_worker(events, stop, parent_pid: int) -> None:
     threading.Thread(target=exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 
-def worker_run(task: PointTask) -> PointResult:
+def worker_run(task: PointTask | PackTask) -> PointResult | list[PointResult]:
     """In a worker process: unless the sweep is stopping, say which process runs the point, then
     run it, progress into the sweep's event queue."""
     WORKER_STATE["busy"] = True
     try:
         if WORKER_STATE["stop"].is_set():
-            return PointResult(task.point_id, "interrupted", "the sweep was stopping; not started")
+            return ended(task, "interrupted", "the sweep was stopping; not started")
         WORKER_STATE["events"].put((task.point_id, "worker", os.getpid()))
         return run_guarded(task, WORKER_STATE["events"].put, WORKER_CACHE)
     finally:
@@ -203,13 +206,13 @@ class ProcessPool:
         done, pending = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
         return list(done), list(pending)
 
-    def result(self, handle, task: PointTask) -> PointResult:
-        """The worker's result; a worker process that died makes the point failed."""
+    def result(self, handle, task: PointTask | PackTask) -> PointResult | list[PointResult]:
+        """The worker's result; a worker process that died makes the task's points failed."""
         self.workers.pop(task.point_id, None)
         try:
             return handle.result()
         except Exception as exc:  # the worker process died (e.g. killed for memory)
-            return PointResult(task.point_id, "failed", f"worker process died: {type(exc).__name__}: {exc}")
+            return ended(task, "failed", f"worker process died: {type(exc).__name__}: {exc}")
 
     def collect(self) -> None:
         """Move the queued events here, noting which worker took which point; once stopping,
@@ -259,13 +262,14 @@ class LocalPlan:
 
     jobs: int
     threads: int  # torch threads per point
+    device_type: str = "cpu"  # where the points train: cpu, cuda or mps
 
     def workers(self, todo: int) -> int:
-        """How many points run at once for `todo` points."""
+        """How many tasks (points or packs) run at once for `todo` of them."""
         return min(self.jobs, max(todo, 1))
 
     def execute(self, sweep, todo: list, view, data_dir=None) -> None:
-        """Run the points `todo` of `sweep` (sweep.Point, sweep.Sweep)."""
+        """Run the units `todo` of `sweep` (each a grid.Point, or a list of them packed; plan.Sweep)."""
         tasks = [sweep.task(p, data_dir) for p in todo]
         if not tasks:
             return

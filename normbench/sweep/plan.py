@@ -4,6 +4,7 @@ Layout of a sweep, `<results>/sweeps/<name>/`:
   sweep.yaml        the base config, the grid and the lr scaling (what defines the sweep)
   runs/<point-id>/  one run directory per point, the same layout as `normbench run`
   index.csv         one row per point, rewritten atomically from the run directories' meta.json
+                    (one row per seed, whether the seeds trained packed or alone)
   logs/<point-id>.log  what the point's worker wrote to stderr (warnings), one section per attempt
 
 The run directories are the source of truth: a point whose meta.json says `completed` is never
@@ -27,8 +28,9 @@ from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, No
 from normbench.runtime import cpu_cores
 from normbench.sweep.executor import LocalPlan
 from normbench.sweep.grid import Axis, Point, spec_digest
+from normbench.sweep.packing import mode_line, pack_enabled, pack_label, plan_units
 from normbench.sweep.tuning import record, select, tune_keys
-from normbench.sweep.point import PointTask
+from normbench.sweep.point import PackTask, PointTask
 
 SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
 LOGS_DIR = "logs"  # logs/<point-id>.log: what each point's worker wrote to stderr (torch warnings, ...)
@@ -71,7 +73,7 @@ def plan_executor(base: Config, executor: str, jobs: int | None, ray_address: st
     if ray_address:
         raise ConfigError("--ray-address needs --executor ray")
     device = resolve_device(base.device)  # an unavailable device is a sweep-level error
-    return LocalPlan(*plan_workers(base, jobs, device.type, cpu_cores()))
+    return LocalPlan(*plan_workers(base, jobs, device.type, cpu_cores()), device.type)
 
 
 def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[bool, str]:
@@ -177,11 +179,15 @@ class Sweep:
         _write_atomic(self.path / INDEX_FILE, buffer.getvalue())
         return rows
 
-    def task(self, point: Point, data_dir) -> PointTask:
-        """The picklable task for one valid point."""
-        info = {"name": self.path.name, "values": point.values, **point.info, **self.command}
-        return PointTask(point.point_id, to_dict(point.config), str(self.run_path(point)),
-                         str(data_dir) if data_dir else None, info, str(self.path / LOGS_DIR / f"{point.point_id}.log"))
+    def task(self, unit: Point | list[Point], data_dir) -> PointTask | PackTask:
+        """The picklable task for one valid point, or for a list of them (one grid point's seeds) packed."""
+        if isinstance(unit, list):
+            if len(unit) > 1:
+                return PackTask(pack_label(unit), tuple(self.task(p, data_dir) for p in unit))
+            unit = unit[0]
+        info = {"name": self.path.name, "values": unit.values, **unit.info, **self.command}
+        return PointTask(unit.point_id, to_dict(unit.config), str(self.run_path(unit)),
+                         str(data_dir) if data_dir else None, info, str(self.path / LOGS_DIR / f"{unit.point_id}.log"))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -251,10 +257,11 @@ def run_sweep(
     base: Config, axes: list[Axis], console, *, lr_scaling: str = "none", jobs: int | None = None,
     name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
     retry_diverged: bool = False, dry_run: bool = False, executor: str = "local", ray_address: str | None = None,
-    ray_retries: int = 1, norms_from: str = "--norms", command: dict | None = None,
+    ray_retries: int = 1, norms_from: str = "--norms", command: dict | None = None, pack_seeds: str = "auto",
 ) -> int:
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code.
-    `command` (argv, overrides) goes into each point's meta.json under `sweep`."""
+    `command` (argv, overrides) goes into each point's meta.json under `sweep`; `pack_seeds`
+    (auto, on, off) says whether each grid point's seeds train as one packed model."""
     from normbench.data import val_count
     from normbench.sweep.grid import expand
     from normbench.sweep.view import SweepProgress, plan_header, plan_table
@@ -262,7 +269,11 @@ def run_sweep(
     if tune_keys(axes) and val_count(base.dataset, 10**9) == 0:
         raise ConfigError("--tune selects by val_acc, but the base config has no validation split "
                           "(dataset.val_samples is 0); set dataset.val_samples")
+    if base.pack > 1:
+        raise ConfigError(f"the base config sets pack={base.pack}; a sweep packs each point's seeds itself: "
+                          "set pack: 1 and pass --pack-seeds on")
     plan = plan_executor(base, executor, jobs, ray_address, ray_retries)
+    packing = pack_enabled(pack_seeds, plan.device_type)
     points = expand(base, axes, lr_scaling, plan.threads)
     if all(p.invalid for p in points):
         raise ConfigError(f"every point of the grid is invalid, e.g. {points[0].point_id}: {points[0].invalid}")
@@ -272,13 +283,13 @@ def run_sweep(
     sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points,
                   command)
     states = sweep.states(retry_diverged)
-    todo = [p for p, runs, _ in states if runs]
-    first, *rest = plan_header(name, axes, len(states), budget_text(base), plan.threads, plan.workers(len(todo)),
+    units, notes = plan_units([p for p, runs, _ in states if runs], packing)
+    first, *rest = plan_header(name, axes, len(states), budget_text(base), plan.threads, plan.workers(len(units)),
                                norms_from)
     console.print(first, highlight=False, soft_wrap=True, markup=False)
-    for line in rest:
+    for line in [*rest, mode_line(pack_seeds, packing, plan.device_type, units)]:
         console.print(line, highlight=False, markup=False)
-    console.print(plan_table(axes, states))
+    console.print(plan_table(axes, states, notes))
     if dry_run:
         return EXIT_OK
     sweep.write_spec()
@@ -287,8 +298,9 @@ def run_sweep(
         console.print("sweep directory:", highlight=False)
         console.print(str(sweep.path), highlight=False, soft_wrap=True, markup=False)
         runnable = len(points) - sum(1 for p in points if p.invalid)
-        with SweepProgress(console, total=runnable, done=runnable - len(todo), logs=sweep.path / LOGS_DIR) as view:
-            plan.execute(sweep, todo, view, data_dir)
+        todo = sum(len(unit) for unit in units)
+        with SweepProgress(console, total=runnable, done=runnable - todo, logs=sweep.path / LOGS_DIR) as view:
+            plan.execute(sweep, units, view, data_dir)
         rows = sweep.write_index()
     print_summary(console, sweep, rows)
     return exit_code(rows)

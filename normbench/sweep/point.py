@@ -1,8 +1,10 @@
-"""One sweep point as plain data and a plain top-level function any executor backend can call.
+"""One sweep point (or a pack of seeds) as plain data and a plain top-level function any
+executor backend can call.
 
-`run_point(task)` trains one point into its run directory and returns how it ended;
-`run_guarded(task, send, cache)` is what every backend runs: progress goes to `send` as
-(point_id, kind, payload) events, and Ctrl-C (or a cancel) comes back as an `interrupted` result.
+`run_point(task)` trains one point into its run directory and returns how it ended; `run_pack`
+trains the points of a PackTask (one grid point's seeds) as one packed model, one result per
+point. `run_guarded(task, send, cache)` is what every backend runs: progress goes to `send` as
+(point_id, kind, payload) events, and Ctrl-C (or a cancel) comes back as `interrupted` results.
 """
 
 from __future__ import annotations
@@ -36,15 +38,39 @@ class PointTask:
     sweep_info: dict = field(default_factory=dict)  # recorded under "sweep" in meta.json
     log_path: str | None = None  # the point's stderr goes here (appended), not to the terminal
 
+    def parts(self) -> tuple[PointTask, ...]:
+        """The points this task trains: itself."""
+        return (self,)
+
+
+@dataclass(frozen=True)
+class PackTask:
+    """Several points that differ only in their seed, trained as one packed model (pack: K)."""
+
+    point_id: str  # a label for progress events, e.g. norm=batch_bs=8_seed=0+1+2
+    points: tuple[PointTask, ...]
+
+    def parts(self) -> tuple[PointTask, ...]:
+        """The points this task trains, in pack order."""
+        return self.points
+
 
 @dataclass(frozen=True)
 class PointResult:
-    """How one point ended."""
+    """How one point ended (`group`: the label of the pack it trained in, if any)."""
 
     point_id: str
     status: str
     reason: str = ""
     wall_s: float = 0.0
+    group: str = ""
+
+
+def ended(task: PointTask | PackTask, status: str, reason: str) -> PointResult | list[PointResult]:
+    """The same ending for the point, or every point of a pack (a lost worker, a cancel before it started)."""
+    if isinstance(task, PointTask):
+        return PointResult(task.point_id, status, reason)
+    return [PointResult(p.point_id, status, reason, group=task.point_id) for p in task.points]
 
 
 def load_data(cfg: Config, data_dir: str | None, cache: dict | None):
@@ -88,7 +114,8 @@ def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dic
     try:
         cfg = validate(task.config, task.point_id)
         data = load_data(cfg, task.data_dir, data_cache)
-        if can_resume(path):
+        # a run left by a pack resumes only as that pack (resume would continue every seed of it)
+        if can_resume(path) and not (results.read_meta(path) or {}).get("pack"):
             (outcome,) = resume(path, cfg, reporter=reporter, data=data)
         else:
             outcome = run(cfg, path.parent, run_path=path, replace_incomplete=True, reporter=reporter, data=data)
@@ -96,29 +123,101 @@ def run_point(task: PointTask, reporter: Reporter | None = None, data_cache: dic
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # e.g. data missing: recorded for this point, the sweep goes on
-        reason = exc.message if isinstance(exc, NormbenchError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        # train.run raises only before it has made the run directory: record this attempt there
-        if (results.read_meta(path) or {}).get("status") != "completed":
-            record_early_failure(path, reason, traceback.format_exc())
-        status = "failed"
+        status, reason = "failed", record_failure([task], exc)
     wall_s = time.perf_counter() - start
-    meta = results.read_meta(path)
-    if meta is not None:
-        meta["sweep"] = {**task.sweep_info, "point": task.point_id, "wall_s": wall_s}
-        results.write_json_atomic(path / results.META_FILE, meta)
+    record_sweep_info(task, wall_s)
     if status == "interrupted":
         raise KeyboardInterrupt
     return PointResult(task.point_id, status, reason, wall_s)
 
 
-def run_guarded(task: PointTask, send, cache: dict | None) -> PointResult:
-    """run_point with progress events to `send` and stderr into the point's log; Ctrl-C, SIGTERM or
-    a cancel mid-point (the run has recorded itself as interrupted) comes back as an `interrupted` result."""
+def run_pack(task: PackTask, reporter: Reporter | None = None, data_cache: dict | None = None) -> list[PointResult]:
+    """Train the points of `task` as one packed model: continue their pack from its checkpoint if
+    an earlier attempt of exactly these points left one, else start afresh (clearing incomplete
+    runs there). One result per point, in order; never raises for a failing pack, except on Ctrl-C."""
+    from normbench.train.resume import resume
+    from normbench.train.runner import run_seeds_packed
+
+    start = time.perf_counter()
+    paths = [Path(p.run_path) for p in task.points]
     try:
-        with stderr_to(Path(task.log_path)) if task.log_path else contextlib.nullcontext():
+        configs = [validate(p.config, p.point_id) for p in task.points]
+        datas = [load_data(c, p.data_dir, data_cache) for c, p in zip(configs, task.points)]
+        if pack_resumable(paths):
+            shared = None if configs[0].dataset.name == "synthetic" else datas[0]  # synthetic: per seed
+            by_dir = {o.run_dir.name: o for o in resume(paths[0], configs[0], reporter=reporter, data=shared)}
+            outcomes = [by_dir[path.name] for path in paths]
+        else:
+            outcomes = run_seeds_packed(configs, paths, reporter=reporter, data=datas, replace_incomplete=True)
+        endings = [(o.status, o.reason) for o in outcomes]
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded for every point of the pack, the sweep goes on
+        endings = [("failed", record_failure(task.points, exc))] * len(paths)
+    wall_s = time.perf_counter() - start  # every seed's: they trained together
+    for point in task.points:
+        record_sweep_info(point, wall_s)
+    if any(status == "interrupted" for status, _ in endings):
+        raise KeyboardInterrupt
+    return [PointResult(p.point_id, status, reason, wall_s, task.point_id)
+            for p, (status, reason) in zip(task.points, endings)]
+
+
+def pack_resumable(paths: list[Path]) -> bool:
+    """Whether `paths` are exactly the seeds of one earlier pack still to finish (its diverged
+    seeds aside), each with a checkpoint to continue from."""
+    from normbench.train.resume import can_resume
+
+    pack = (results.read_meta(paths[0]) or {}).get("pack")
+    if not pack:
+        return False
+    parent = paths[0].parent
+    live = [n for n in pack["run_dirs"] if (results.read_meta(parent / n) or {}).get("status") != "diverged"]
+    return sorted(live) == sorted(p.name for p in paths) and all(can_resume(p) for p in paths)
+
+
+def record_failure(tasks, exc: Exception) -> str:
+    """Why the points of `tasks` failed, in one line; each one not completed gets a run directory
+    saying so (train.run and run_seeds_packed raise only before they have made their run directories)."""
+    reason = exc.message if isinstance(exc, NormbenchError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
+    for task in tasks:
+        path = Path(task.run_path)
+        if (results.read_meta(path) or {}).get("status") != "completed":
+            record_early_failure(path, reason, traceback.format_exc())
+    return reason
+
+
+def record_sweep_info(task: PointTask, wall_s: float) -> None:
+    """The sweep's facts about the point (grid values, command, wall time) under `sweep` in its meta.json."""
+    path = Path(task.run_path)
+    meta = results.read_meta(path)
+    if meta is not None:
+        meta["sweep"] = {**task.sweep_info, "point": task.point_id, "wall_s": wall_s}
+        results.write_json_atomic(path / results.META_FILE, meta)
+
+
+def run_guarded(task: PointTask | PackTask, send, cache: dict | None) -> PointResult | list[PointResult]:
+    """run_point (run_pack for a PackTask: one result per point) with progress events to `send` and
+    stderr into the (first) point's log; Ctrl-C, SIGTERM or a cancel mid-point (the run has recorded
+    itself as interrupted) comes back as `interrupted`."""
+    log_path = task.parts()[0].log_path
+    for other in task.parts()[1:]:
+        if other.log_path and log_path:
+            point_to_log(Path(other.log_path), Path(log_path), task.point_id)
+    try:
+        with stderr_to(Path(log_path)) if log_path else contextlib.nullcontext():
+            if isinstance(task, PackTask):
+                return run_pack(task, EventReporter(task.point_id, send), cache)
             return run_point(task, EventReporter(task.point_id, send), cache)
     except KeyboardInterrupt:
-        return PointResult(task.point_id, "interrupted", "interrupted")
+        return ended(task, "interrupted", "interrupted")
+
+
+def point_to_log(path: Path, shared: Path, label: str) -> None:
+    """Say in a packed point's own log where its stderr went: the pack's log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"--- {results.now_iso()} pid {os.getpid()}: trained in the pack {label}; its stderr is in {shared}\n")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Running sweep points as Ray tasks, on a local Ray instance or a running cluster.
 
-Each point is one `ray.remote` task calling `point.run_guarded`, which writes the point's run
-directory itself: the results directory must be reachable from every worker (the same
+Each point (or pack of one grid point's seeds) is one `ray.remote` task calling
+`point.run_guarded`, which writes the points' run directories itself: the results directory must be reachable from every worker (the same
 filesystem on a local instance; a shared filesystem on a cluster). A worker that dies mid-point
 (killed, out of memory, node lost) makes Ray rerun the task up to `max_retries` times; after
 that the point is recorded as failed in its run directory and index.csv, never lost. Progress
@@ -19,7 +19,7 @@ from normbench import results
 from normbench.errors import EXIT_USAGE, ConfigError, NormbenchError
 from normbench.runtime import cpu_cores
 from normbench.sweep.executor import drive
-from normbench.sweep.point import WORKER_CACHE, PointResult, PointTask, record_early_failure, run_guarded
+from normbench.sweep.point import WORKER_CACHE, PackTask, PointResult, PointTask, ended, record_early_failure, run_guarded
 
 INSTALL_HINT = "ray is not installed; pip install 'normbench[ray]'"
 TASK_NAME = "normbench_point"  # the busy worker's process title is ray::normbench_point
@@ -43,12 +43,17 @@ class RayPlan:
     gpus: float  # GPUs Ray reserves per point
     max_retries: int  # reruns of a point whose worker died
 
+    @property
+    def device_type(self) -> str:
+        """Where the points train, as far as packing cares: cuda when each takes a GPU, else cpu."""
+        return "cuda" if self.gpus else "cpu"
+
     def workers(self, todo: int) -> str:
         """How many points run at once: as many as the cluster's CPUs and GPUs allow."""
         return "Ray"
 
     def execute(self, sweep, todo: list, view, data_dir=None) -> None:
-        """Run the points `todo` of `sweep` under this plan."""
+        """Run the units `todo` of `sweep` (points, or lists of them packed) under this plan."""
         execute(sweep, todo, view, data_dir, address=self.address, cpus_per_point=self.threads,
                 gpus_per_point=self.gpus, max_retries=self.max_retries)
 
@@ -76,8 +81,8 @@ def plan_ray(base, jobs: int | None, address: str | None, max_retries: int) -> R
     return RayPlan(address, base.num_threads or 1, gpus, max_retries)
 
 
-def ray_point(task: PointTask, events) -> PointResult:
-    """Body of the Ray task: run one point, forwarding progress into the Ray queue `events`."""
+def ray_point(task: PointTask | PackTask, events) -> PointResult | list[PointResult]:
+    """Body of the Ray task: run one point (or pack), forwarding progress into the Ray queue `events`."""
 
     def send(event) -> None:
         try:
@@ -148,24 +153,25 @@ class RayBackend:
             retry_exceptions=False,  # a point's own errors are recorded by run_point; retry only lost workers
         )
 
-    def submit(self, task: PointTask):
-        """Submit a point as a Ray task; its object ref is the handle."""
+    def submit(self, task: PointTask | PackTask):
+        """Submit a point (or pack) as a Ray task; its object ref is the handle."""
         return self.remote.remote(task, self.queue)
 
     def wait(self, handles: list, timeout: float) -> tuple[list, list]:
         """The refs that ended within `timeout` (at least one when any did), and the others."""
         return self.ray.wait(handles, num_returns=1, timeout=timeout)
 
-    def result(self, handle, task: PointTask) -> PointResult:
-        """The task's result; a worker that died on every attempt makes the point failed, in its run directory too."""
+    def result(self, handle, task: PointTask | PackTask) -> PointResult | list[PointResult]:
+        """The task's result; a worker that died on every attempt makes its points failed, in their run directories too."""
         try:
             return self.ray.get(handle)
         except self.ray.exceptions.RayError as exc:  # the worker (or its node) died on every attempt
             reason = f"Ray worker died ({self.max_retries} retries): {type(exc).__name__}"
-            record_lost_worker(task, reason)
             text = "".join(traceback.format_exception_only(type(exc), exc))
-            (Path(task.run_path) / "ray_error.log").write_text(text, encoding="utf-8")
-            return PointResult(task.point_id, "failed", reason)
+            for point in task.parts():
+                record_lost_worker(point, reason)
+                (Path(point.run_path) / "ray_error.log").write_text(text, encoding="utf-8")
+            return ended(task, "failed", reason)
 
     def events(self) -> list:
         """The events in the Ray queue."""

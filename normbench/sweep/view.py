@@ -47,12 +47,16 @@ def plan_header(name: str, axes, points: int, budget: str, threads: int, jobs: i
             f"norms: {norms} (from {norms_from})"]
 
 
-def plan_table(axes, states) -> Table:
-    """Every point: its grid values, learning rate, and whether it runs, is skipped or is invalid."""
+def plan_table(axes, states, notes: dict[str, str] | None = None) -> Table:
+    """Every point: its grid values, learning rate, and whether it runs (packed with its other
+    seeds or alone, as `notes` say by point id), is skipped or is invalid."""
+    notes = notes or {}
     table = narrow_table([("#", "right"), *((header(a.key), "left") for a in axes), ("lr", "right"), ("plan", "left")])
     for i, (point, _, label) in enumerate(states, 1):
         lr = f"{point.config.optimizer.lr:.4g}" if point.config else "-"
-        plan = f"[magenta]invalid: {escape(point.invalid)}[/]" if point.invalid else label
+        note = notes.get(point.point_id)
+        plan = f"[magenta]invalid: {escape(point.invalid)}[/]" if point.invalid else \
+            escape(f"{label}, {note}" if note else label)
         table.add_row(str(i), *(escape(str(v)) for v in point.values.values()), lr, plan)
     return table
 
@@ -121,9 +125,10 @@ class SweepProgress:
             self.progress.update(self.tasks[point_id], info=info)
 
     def point_done(self, result) -> None:
-        """A point ended: drop its bar, print one line, advance the overall bar."""
-        if result.point_id in self.tasks:
-            self.progress.remove_task(self.tasks.pop(result.point_id))
+        """A point ended: drop its bar (its pack's), print one line, advance the overall bar."""
+        bar = result.group or result.point_id
+        if bar in self.tasks:
+            self.progress.remove_task(self.tasks.pop(bar))
         style = STATUS_STYLE.get(result.status, "")
         reason = f": {result.reason}" if result.reason and result.status != "completed" else ""
         self.progress.console.print(
