@@ -257,9 +257,9 @@ def sweep(
         "--ray-retries", help="Reruns of a point whose Ray worker died before it is recorded as failed.",
     )] = 1,
     pack_seeds: Annotated[str, typer.Option(
-        "--pack-seeds", metavar="auto|on|off", help=(
-            "Train each grid point's seeds as one packed model (pack: K) where packing is exact; auto: on a "
-            "CUDA device only. One run directory and index row per seed either way."),
+        "--pack-seeds", metavar="MODE", help=(
+            "auto, on or off: train each grid point's seeds as one packed model (pack: K) where packing is exact; "
+            "auto packs on a CUDA device only. One run directory and index row per seed either way."),
     )] = "auto",
     ctx: typer.Context = None,
 ) -> None:
