@@ -240,8 +240,13 @@ def sweep(
         str, typer.Option("--lr-scaling", help="Scale lr with batch_size / the base batch size: none, linear or sqrt.")
     ] = "none",
     jobs: Annotated[
-        Optional[int], typer.Option("--jobs", help="Worker processes (default: one per CPU core on CPU, 1 on a GPU).")
+        Optional[int], typer.Option("--jobs", help="Points at once (default: one per CPU core on CPU, 1 on a GPU).")
     ] = None,
+    workers: Annotated[str, typer.Option(
+        "--workers", metavar="KIND", help=(
+            "processes or threads: run --jobs points in worker processes, or in threads of this process "
+            "sharing one CUDA context (on cuda: with cuda_graph false)."),
+    )] = "processes",
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: base name + a hash of base, grid and lr scaling).")] = None,
     results_dir: ResultsDirOption = Path("results"),
     data_dir: DataDirOption = None,
@@ -278,7 +283,8 @@ def sweep(
     code = run_sweep(base, axes, console, lr_scaling=lr_scaling, jobs=jobs, name=name, results_dir=results_dir,
                      data_dir=data_dir, retry_diverged=retry_diverged, dry_run=dry_run, norms_from=norms_from,
                      command={"argv": command_argv(ctx), "overrides": set_ or []},
-                     executor=executor, ray_address=ray_address, ray_retries=ray_retries, pack_seeds=pack_seeds)
+                     executor=executor, ray_address=ray_address, ray_retries=ray_retries, pack_seeds=pack_seeds,
+                     worker_kind=workers)
     if code:
         raise typer.Exit(code)
 

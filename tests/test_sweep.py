@@ -343,3 +343,89 @@ def test_each_point_records_the_sweep_command(runner, write_config, tmp_path):
     (run_dir,) = (sweep_dir(tmp_path) / "runs").iterdir()
     recorded = read_meta(run_dir)["sweep"]
     assert recorded["argv"] == ["normbench", *args] and recorded["overrides"] == ["log_every=2"]
+
+
+# --- --workers threads -------------------------------------------------------------------------
+
+
+def test_thread_workers_give_the_same_results_as_process_workers(runner, write_config, tmp_path):
+    """Two points at a time in threads of one process, packed seeds among them: the same CSVs as
+    two worker processes (setup, which seeds the global RNG, takes turns; training overlaps)."""
+    config = write_config(epochs=1)
+    args = ("--norms", "batch,group", "--batch-sizes", "4,16", "--seeds", "0,1", "--pack-seeds", "on", "--jobs", "2")
+    for kind in ("processes", "threads"):
+        result = sweep(runner, config, tmp_path, *args, "--workers", kind, "--name", kind)
+        assert result.exit_code == 0, result.output
+    processes, threads = tmp_path / "sweeps" / "processes" / "runs", tmp_path / "sweeps" / "threads" / "runs"
+    assert sorted(p.name for p in processes.iterdir()) == sorted(p.name for p in threads.iterdir())
+    for run_dir in processes.iterdir():
+        for name in ("steps.csv", "epochs.csv"):
+            assert _data_columns(run_dir / name) == _data_columns(threads / run_dir.name / name), (run_dir.name, name)
+    assert "ran in a thread of the sweep process" in next((tmp_path / "sweeps" / "threads" / "logs").glob("norm=*")).read_text()
+
+
+def test_thread_workers_take_turns_at_setup_and_train_together(monkeypatch, tmp_path):
+    """Setup (seeding, building: the global RNG) one point at a time, until its `start` event;
+    training of several points at once."""
+    import threading
+
+    from normbench.sweep.executor import drive
+    from normbench.sweep.point import PointResult, PointTask
+    from normbench.sweep.threads import ThreadPool
+    from test_executor import FakeSweep, RecordingView
+
+    lock, now, most = threading.Lock(), {"setup": 0, "train": 0}, {"setup": 0, "train": 0}
+
+    def phase(name, seconds):
+        with lock:
+            now[name] += 1
+            most[name] = max(most[name], now[name])
+        time.sleep(seconds)
+        with lock:
+            now[name] -= 1
+
+    def fake_run(task, send, cache):
+        phase("setup", 0.05)
+        send((task.point_id, "start", {"total": 1, "epochs": 1}))
+        phase("train", 0.2)
+        return PointResult(task.point_id, "completed")
+
+    monkeypatch.setattr("normbench.sweep.threads.run_guarded", fake_run)
+    view = RecordingView()
+    tasks = [PointTask(str(i), {}, str(tmp_path / str(i))) for i in range(4)]
+    drive(ThreadPool(2, "cpu"), FakeSweep(), tasks, view)
+    assert [r.status for r in view.done] == ["completed"] * 4
+    assert most == {"setup": 1, "train": 2}
+
+
+def test_ctrl_c_stops_thread_workers_and_records_their_points_interrupted(tmp_path):
+    from normbench.sweep.executor import LocalPlan
+    from test_executor import check_interrupted, long_sweep
+
+    check_interrupted(long_sweep(tmp_path), LocalPlan(2, 1, "cpu", "threads").execute)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--workers", "fibers"), "--workers fibers: valid values are processes, threads"),
+    (("--workers", "threads", "--executor", "ray"), "--workers is for --executor local"),
+])
+def test_bad_workers_are_one_line_errors(runner, write_config, tmp_path, args, message):
+    result = sweep(runner, write_config(), tmp_path, "--norms", "layer", *args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.gpu
+def test_on_cuda_threads_and_packed_seeds_match_processes(runner, write_config, tmp_path):
+    """On a GPU: --pack-seeds auto packs, threads share one CUDA context, and both give the
+    numbers of unpacked process workers (float32: close, as tests/test_packed.py)."""
+    config = write_config(device="cuda", epochs=1, cuda_graph=False, **{"model": "mlp"})
+    args = ("--norms", "batch,layer", "--seeds", "0,1", "--jobs", "2")
+    cuda = sweep(runner, config, tmp_path, *args, "--workers", "threads", "--name", "t")
+    assert cuda.exit_code == 0, cuda.output
+    assert "packed (0+1)" in cuda.output
+    plain = sweep(runner, config, tmp_path, *args, "--pack-seeds", "off", "--name", "p")
+    assert plain.exit_code == 0, plain.output
+    for t, p in zip(rows(tmp_path / "sweeps" / "t" / "index.csv"), rows(tmp_path / "sweeps" / "p" / "index.csv")):
+        assert t["point"] == p["point"] and t["status"] == p["status"] == "completed"
+        assert float(t["test_acc"]) == pytest.approx(float(p["test_acc"]), abs=2 / 64)

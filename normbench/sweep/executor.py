@@ -6,8 +6,9 @@ point), hands over the progress events that arrived (`events`), stops the points
 Ctrl-C (`cancel`) and releases its workers (`close`). `drive` does the rest for every backend
 alike: events to the view, each result to the view and index.csv, Ctrl-C handling.
 
-The local backends live here: `InProcess` (one point after another in this process) and
-`ProcessPool` (N spawned worker processes); the Ray backend is in ray_executor.py.
+The local backends live here: `InProcess` (one point after another in this process),
+`ProcessPool` (N spawned worker processes), and in threads.py `ThreadPool` (N threads of this
+process, sharing one CUDA context); the Ray backend is in ray_executor.py.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from normbench.errors import EXIT_INTERRUPTED
 from normbench.sweep.point import WORKER_CACHE, PackTask, PointResult, PointTask, ended, run_guarded
+from normbench.sweep.threads import THREADS_LOG, ThreadPool
 
 POLL_S = 0.2  # how often the loop looks for ended points and progress events
 
@@ -258,11 +261,12 @@ class ProcessPool:
 
 @dataclass(frozen=True)
 class LocalPlan:
-    """Points on this machine: in this process (jobs=1) or in `jobs` worker processes."""
+    """Points on this machine: in this process (jobs=1), or in `jobs` worker processes or threads."""
 
     jobs: int
     threads: int  # torch threads per point
     device_type: str = "cpu"  # where the points train: cpu, cuda or mps
+    worker_kind: str = "processes"  # processes or threads, for jobs > 1
 
     def workers(self, todo: int) -> int:
         """How many tasks (points or packs) run at once for `todo` of them."""
@@ -274,4 +278,10 @@ class LocalPlan:
         if not tasks:
             return
         jobs = self.workers(len(tasks))
-        drive(InProcess(view.handle) if jobs == 1 else ProcessPool(jobs), sweep, tasks, view)
+        if jobs == 1:
+            backend = InProcess(view.handle)
+        elif self.worker_kind == "threads":
+            backend = ThreadPool(jobs, self.device_type, Path(sweep.path) / "logs" / THREADS_LOG)
+        else:
+            backend = ProcessPool(jobs)
+        drive(backend, sweep, tasks, view)

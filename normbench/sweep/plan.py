@@ -27,6 +27,7 @@ from normbench.configfile import shipped_dir
 from normbench.errors import EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, ConfigError, NormbenchError
 from normbench.runtime import cpu_cores
 from normbench.sweep.executor import LocalPlan
+from normbench.sweep.threads import WORKER_KINDS
 from normbench.sweep.grid import Axis, Point, spec_digest
 from normbench.sweep.packing import mode_line, pack_enabled, pack_label, plan_units
 from normbench.sweep.tuning import record, select, tune_keys
@@ -60,10 +61,15 @@ def plan_workers(base: Config, jobs: int | None, device_type: str, cores: int) -
     return jobs, threads
 
 
-def plan_executor(base: Config, executor: str, jobs: int | None, ray_address: str | None, ray_retries: int):
+def plan_executor(base: Config, executor: str, jobs: int | None, ray_address: str | None, ray_retries: int,
+                  worker_kind: str = "processes"):
     """The executor's plan (LocalPlan or ray_executor.RayPlan) after checking its options."""
     from normbench.runtime import resolve_device
 
+    if worker_kind not in WORKER_KINDS:
+        raise ConfigError(f"--workers {worker_kind}: valid values are {', '.join(WORKER_KINDS)}")
+    if executor == "ray" and worker_kind != "processes":
+        raise ConfigError("--workers is for --executor local; Ray runs each point in a worker process of its own")
     if executor == "ray":  # Ray decides how many points run at once, from each point's CPUs and GPUs
         from normbench.sweep.ray_executor import plan_ray
 
@@ -73,7 +79,10 @@ def plan_executor(base: Config, executor: str, jobs: int | None, ray_address: st
     if ray_address:
         raise ConfigError("--ray-address needs --executor ray")
     device = resolve_device(base.device)  # an unavailable device is a sweep-level error
-    return LocalPlan(*plan_workers(base, jobs, device.type, cpu_cores()), device.type)
+    if worker_kind == "threads" and device.type == "cuda" and base.cuda_graph is not False:
+        raise ConfigError("--workers threads on cuda needs cuda_graph: false (a graph capture in one thread "
+                          "breaks the other threads' CUDA work); --set cuda_graph=false, or use --workers processes")
+    return LocalPlan(*plan_workers(base, jobs, device.type, cpu_cores()), device.type, worker_kind)
 
 
 def point_state(meta: dict | None, exists: bool, retry_diverged: bool) -> tuple[bool, str]:
@@ -258,10 +267,12 @@ def run_sweep(
     name: str | None = None, results_dir: Path = Path("results"), data_dir: Path | None = None,
     retry_diverged: bool = False, dry_run: bool = False, executor: str = "local", ray_address: str | None = None,
     ray_retries: int = 1, norms_from: str = "--norms", command: dict | None = None, pack_seeds: str = "auto",
+    worker_kind: str = "processes",
 ) -> int:
     """Plan, print the plan, run what is left, write index.csv, print the summary; returns the exit code.
     `command` (argv, overrides) goes into each point's meta.json under `sweep`; `pack_seeds`
-    (auto, on, off) says whether each grid point's seeds train as one packed model."""
+    (auto, on, off) says whether each grid point's seeds train as one packed model; `worker_kind`
+    (processes, threads) what runs several points at once locally."""
     from normbench.data import val_count
     from normbench.sweep.grid import expand
     from normbench.sweep.view import SweepProgress, plan_header, plan_table
@@ -272,7 +283,7 @@ def run_sweep(
     if base.pack > 1:
         raise ConfigError(f"the base config sets pack={base.pack}; a sweep packs each point's seeds itself: "
                           "set pack: 1 and pass --pack-seeds on")
-    plan = plan_executor(base, executor, jobs, ray_address, ray_retries)
+    plan = plan_executor(base, executor, jobs, ray_address, ray_retries, worker_kind)
     packing = pack_enabled(pack_seeds, plan.device_type)
     points = expand(base, axes, lr_scaling, plan.threads)
     if all(p.invalid for p in points):

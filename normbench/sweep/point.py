@@ -203,7 +203,7 @@ def run_guarded(task: PointTask | PackTask, send, cache: dict | None) -> PointRe
     log_path = task.parts()[0].log_path
     for other in task.parts()[1:]:
         if other.log_path and log_path:
-            point_to_log(Path(other.log_path), Path(log_path), task.point_id)
+            point_to_log(Path(other.log_path), Path(log_path), f"the pack {task.point_id}")
     try:
         with stderr_to(Path(log_path)) if log_path else contextlib.nullcontext():
             if isinstance(task, PackTask):
@@ -213,11 +213,11 @@ def run_guarded(task: PointTask | PackTask, send, cache: dict | None) -> PointRe
         return ended(task, "interrupted", "interrupted")
 
 
-def point_to_log(path: Path, shared: Path, label: str) -> None:
-    """Say in a packed point's own log where its stderr went: the pack's log."""
+def point_to_log(path: Path, shared: Path, where: str) -> None:
+    """Say in a point's own log where its stderr went: `shared`, the log of `where` it ran (a pack, a thread)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as log:
-        log.write(f"--- {results.now_iso()} pid {os.getpid()}: trained in the pack {label}; its stderr is in {shared}\n")
+        log.write(f"--- {results.now_iso()} pid {os.getpid()}: ran in {where}; its stderr is in {shared}\n")
 
 
 @contextlib.contextmanager
