@@ -252,7 +252,11 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(runner, write_config, tmp_path)
         result = sweep(runner, config, tmp_path, "--norms", "batch,group", "--batch-sizes", "4,16",
                        "--jobs", jobs, "--name", f"jobs{jobs}")
         assert result.exit_code == 0, result.output
-    one, two = tmp_path / "sweeps" / "jobs1" / "runs", tmp_path / "sweeps" / "jobs2" / "runs"
+    assert_same_runs(tmp_path / "sweeps" / "jobs1" / "runs", tmp_path / "sweeps" / "jobs2" / "runs")
+
+
+def assert_same_runs(one: Path, two: Path) -> None:
+    """Two sweeps' runs/ folders: the same run directories, with the same CSVs but for timing columns."""
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
     for run_dir in one.iterdir():
         for name in ("steps.csv", "epochs.csv"):
@@ -356,11 +360,7 @@ def test_thread_workers_give_the_same_results_as_process_workers(runner, write_c
     for kind in ("processes", "threads"):
         result = sweep(runner, config, tmp_path, *args, "--workers", kind, "--name", kind)
         assert result.exit_code == 0, result.output
-    processes, threads = tmp_path / "sweeps" / "processes" / "runs", tmp_path / "sweeps" / "threads" / "runs"
-    assert sorted(p.name for p in processes.iterdir()) == sorted(p.name for p in threads.iterdir())
-    for run_dir in processes.iterdir():
-        for name in ("steps.csv", "epochs.csv"):
-            assert _data_columns(run_dir / name) == _data_columns(threads / run_dir.name / name), (run_dir.name, name)
+    assert_same_runs(tmp_path / "sweeps" / "processes" / "runs", tmp_path / "sweeps" / "threads" / "runs")
     assert "ran in a thread of the sweep process" in next((tmp_path / "sweeps" / "threads" / "logs").glob("norm=*")).read_text()
 
 

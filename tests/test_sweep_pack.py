@@ -93,27 +93,33 @@ def test_rerun_runs_only_the_missing_seeds_packed_and_keeps_the_done_ones(runner
     assert "pack" not in read_meta(runs / "norm=batch_bs=16_seed=1")
 
 
-def test_an_interrupted_pack_resumes_from_its_checkpoint(runner, write_config, tmp_path, monkeypatch):
-    """Ctrl-C in epoch 2 (checkpoint after epoch 1): the rerun continues the pack; its seeds end
-    with the numbers of an uninterrupted unpacked sweep."""
+def ctrl_c_in_epoch_2(monkeypatch, runner, config: Path, results: Path, *args: str) -> list[dict]:
+    """Run the sweep with one Ctrl-C at the first progress line of epoch 2 (after epoch 1's
+    checkpoint); its index rows."""
     from normbench.sweep.view import SweepProgress
 
-    config = write_config(**{"model": "mlp", "norm.type": "batch", "epochs": 3})
-    args = ("--norms", "batch", "--seeds", ",".join(SEEDS), "--pack-seeds", "on", "--name", "i")
     handle, stopped_at = SweepProgress.handle, []
 
-    def ctrl_c_in_epoch_2(self, event):
-        if event[1] == "log" and event[2]["epoch"] == 2 and not stopped_at:  # one Ctrl-C
+    def interrupt(self, event):
+        if event[1] == "log" and event[2]["epoch"] == 2 and not stopped_at:
             stopped_at.append(event)
             raise KeyboardInterrupt
         handle(self, event)
 
-    monkeypatch.setattr(SweepProgress, "handle", ctrl_c_in_epoch_2)
-    stopped = sweep(runner, config, tmp_path, *args)
-    assert stopped.exit_code == 130, stopped.output
-    index = rows(tmp_path / "sweeps" / "i" / "index.csv")
-    assert [r["status"] for r in index] == ["interrupted"] * 2 and stopped_at
-    monkeypatch.setattr(SweepProgress, "handle", handle)
+    with monkeypatch.context() as patch:
+        patch.setattr(SweepProgress, "handle", interrupt)
+        stopped = sweep(runner, config, results, *args)
+    assert stopped.exit_code == 130 and stopped_at, stopped.output
+    return rows(next((results / "sweeps").iterdir()) / "index.csv")
+
+
+def test_an_interrupted_pack_resumes_from_its_checkpoint(runner, write_config, tmp_path, monkeypatch):
+    """Ctrl-C in epoch 2 (checkpoint after epoch 1): the rerun continues the pack; its seeds end
+    with the numbers of an uninterrupted unpacked sweep."""
+    config = write_config(**{"model": "mlp", "norm.type": "batch", "epochs": 3})
+    args = ("--norms", "batch", "--seeds", ",".join(SEEDS), "--pack-seeds", "on", "--name", "i")
+    index = ctrl_c_in_epoch_2(monkeypatch, runner, config, tmp_path, *args)
+    assert [r["status"] for r in index] == ["interrupted"] * 2
 
     resumed = sweep(runner, config, tmp_path, *args)
     assert resumed.exit_code == 0, resumed.output
@@ -153,3 +159,19 @@ def test_bad_packing_options_are_one_line_errors(runner, write_config, tmp_path,
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_an_interrupted_unpacked_seed_continues_alone_and_the_others_pack(runner, write_config, tmp_path, monkeypatch):
+    config = write_config(**{"model": "mlp", "norm.type": "batch", "epochs": 3})
+    args = ("--norms", "batch", "--seeds", "0,1,2", "--name", "u")
+    index = ctrl_c_in_epoch_2(monkeypatch, runner, config, tmp_path, *args, "--pack-seeds", "off")
+    assert [r["status"] for r in index] == ["interrupted", "pending", "pending"]
+
+    again = sweep(runner, config, tmp_path, *args, "--pack-seeds", "on")
+    assert again.exit_code == 0, again.output
+    plan = " ".join(again.output.split())
+    assert "rerun (interrupted), alone: continues its checkpoint" in plan and plan.count("run, packed (1+2)") == 2
+    runs = tmp_path / "sweeps" / "u" / "runs"
+    first = read_meta(runs / "norm=batch_bs=16_seed=0")
+    assert first["status"] == "completed" and first["resumes"][0]["from_step"] > 0 and "pack" not in first
+    assert read_meta(runs / "norm=batch_bs=16_seed=1")["pack"]["seeds"] == [1, 2]

@@ -58,18 +58,23 @@ def pack_problem(points: list[Point]) -> str:
     return ""
 
 
-def plan_units(todo: list[Point], enabled: bool) -> tuple[list[list[Point]], dict[str, str]]:
+def plan_units(todo: list[Point], enabled: bool, continues=lambda point: False) -> tuple[list[list[Point]], dict[str, str]]:
     """What runs: a list of units (a pack: several points; else one point), and for each point id
-    in `todo` its packing note for the plan table (empty when packing is off)."""
+    in `todo` its packing note for the plan table (empty when packing is off). A point for which
+    `continues(point)` is true (an unpacked run with a checkpoint) runs alone, to continue it."""
     if not enabled:
         return [[p] for p in todo], {}
     units, notes = [], {}
-    for group in seed_groups(todo):
-        problem = pack_problem(group)
+    for seeds in seed_groups(todo):
+        resumed = {p.point_id for p in seeds if continues(p)}
+        units += [[p] for p in seeds if p.point_id in resumed]
+        notes.update((point_id, "alone: continues its checkpoint") for point_id in resumed)
+        group = [p for p in seeds if p.point_id not in resumed]
+        problem = pack_problem(group) if group else ""
         if problem:
             units += [[p] for p in group]
             notes.update((p.point_id, f"alone: {problem}") for p in group)
-        else:
+        elif group:
             units.append(group)
             label = pack_label(group)
             notes.update((p.point_id, f"packed ({label.rpartition('seed=')[2]})") for p in group)

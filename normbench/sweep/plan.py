@@ -112,6 +112,13 @@ class Sweep:
         """Where a point's run directory goes."""
         return self.path / RUNS_DIR / point.point_id
 
+    def continues_alone(self, point: Point) -> bool:
+        """Whether the point's run directory holds an unpacked run that a rerun continues from its checkpoint."""
+        from normbench.train.resume import can_resume
+
+        path = self.run_path(point)
+        return path.exists() and not (results.read_meta(path) or {}).get("pack") and can_resume(path)
+
     def spec(self) -> dict:
         """What sweep.yaml holds."""
         spec = {"base": to_dict(self.base), "grid": {a.key: list(a.values) for a in self.axes}, "lr_scaling": self.lr_scaling}
@@ -294,7 +301,7 @@ def run_sweep(
     sweep = Sweep(results.ensure_writable(Path(results_dir)) / SWEEPS_DIR / name, base, axes, lr_scaling, points,
                   command)
     states = sweep.states(retry_diverged)
-    units, notes = plan_units([p for p, runs, _ in states if runs], packing)
+    units, notes = plan_units([p for p, runs, _ in states if runs], packing, sweep.continues_alone)
     first, *rest = plan_header(name, axes, len(states), budget_text(base), plan.threads, plan.workers(len(units)),
                                norms_from)
     console.print(first, highlight=False, soft_wrap=True, markup=False)
