@@ -218,6 +218,18 @@ def norms() -> None:
     console.print(table)
 
 
+WorkersOption = Annotated[str, typer.Option(
+    "--workers", metavar="KIND", help=(
+        "processes or threads: run --jobs points in worker processes, or in threads of this process "
+        "sharing one CUDA context (on cuda: with cuda_graph false)."),
+)]
+PackSeedsOption = Annotated[str, typer.Option(
+    "--pack-seeds", metavar="MODE", help=(
+        "auto, on or off: train each grid point's seeds as one packed model (pack: K) where packing is exact; "
+        "auto packs on a CUDA device only. One run directory and index row per seed either way."),
+)]
+
+
 @app.command(cls=Command, epilog="Example: normbench sweep --norms batch,group --batch-sizes 2,8,64")
 @handle_errors
 def sweep(
@@ -242,11 +254,7 @@ def sweep(
     jobs: Annotated[
         Optional[int], typer.Option("--jobs", help="Points at once (default: one per CPU core on CPU, 1 on a GPU).")
     ] = None,
-    workers: Annotated[str, typer.Option(
-        "--workers", metavar="KIND", help=(
-            "processes or threads: run --jobs points in worker processes, or in threads of this process "
-            "sharing one CUDA context (on cuda: with cuda_graph false)."),
-    )] = "processes",
+    workers: WorkersOption = "processes",
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: base name + a hash of base, grid and lr scaling).")] = None,
     results_dir: ResultsDirOption = Path("results"),
     data_dir: DataDirOption = None,
@@ -261,11 +269,7 @@ def sweep(
     ray_retries: Annotated[int, typer.Option(
         "--ray-retries", help="Reruns of a point whose Ray worker died before it is recorded as failed.",
     )] = 1,
-    pack_seeds: Annotated[str, typer.Option(
-        "--pack-seeds", metavar="MODE", help=(
-            "auto, on or off: train each grid point's seeds as one packed model (pack: K) where packing is exact; "
-            "auto packs on a CUDA device only. One run directory and index row per seed either way."),
-    )] = "auto",
+    pack_seeds: PackSeedsOption = "auto",
     ctx: typer.Context = None,
 ) -> None:
     """Train every point of a grid (norms x batch sizes x seeds x --grid) into results/sweeps/NAME; resumable."""
