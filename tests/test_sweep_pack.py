@@ -175,3 +175,41 @@ def test_an_interrupted_unpacked_seed_continues_alone_and_the_others_pack(runner
     first = read_meta(runs / "norm=batch_bs=16_seed=0")
     assert first["status"] == "completed" and first["resumes"][0]["from_step"] > 0 and "pack" not in first
     assert read_meta(runs / "norm=batch_bs=16_seed=1")["pack"]["seeds"] == [1, 2]
+
+
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_ctrl_c_records_every_seed_of_the_packs_in_flight_as_interrupted(tmp_path, kind):
+    from normbench.config import validate
+    from normbench.sweep.executor import LocalPlan
+    from normbench.sweep.grid import build_axes, expand
+    from normbench.sweep.packing import plan_units
+    from normbench.sweep.plan import Sweep
+    from test_executor import check_interrupted
+
+    from conftest import tiny_config
+
+    base = validate(tiny_config(epochs=4, log_every=2, **{"dataset.train_samples": 512}), "t")
+    axes = build_axes(["batch", "layer"], [2], [0, 1], [])
+    sweep = Sweep(tmp_path / "sweeps" / "s", base, axes, "none", expand(base, axes, "none", 1))
+    sweep.write_spec()
+    sweep.write_index()
+    plan = LocalPlan(2, 1, "cpu", kind)
+    check_interrupted(sweep, lambda sweep, points, view: plan.execute(sweep, plan_units(points, True)[0], view))
+    statuses = [r["status"] for r in rows(sweep.path / "index.csv")]
+    assert statuses[0] == statuses[1] and statuses[2] == statuses[3]  # the seeds of a pack end alike
+
+
+def test_seeds_that_differ_in_more_than_their_seed_do_not_pack(tmp_path):
+    from normbench.config import validate
+    from normbench.errors import ConfigError
+    from normbench.train.runner import pack_config, run_seeds_packed
+
+    from conftest import tiny_config
+
+    one, other = validate(tiny_config(seed=0), "t"), validate(tiny_config(seed=3, batch_size=8), "t")
+    with pytest.raises(ConfigError, match="seeds 0 and 3 differ in more than their seed"):
+        run_seeds_packed([one, other], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ConfigError, match="different seeds"):
+        pack_config([one, one])
+    assert pack_config([one, validate(tiny_config(seed=3), "t")]).pack == 2
+    assert not list(tmp_path.iterdir())  # refused before any run directory
