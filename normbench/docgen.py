@@ -119,8 +119,10 @@ NORMS_NOTES = """\
   layer `GroupNorm(1, C)` / `LayerNorm(F)`; `ReferenceGroupNorm` / `ReferenceLayerNorm`. group
   `GroupNorm(G, C)`; `ReferenceGroupNorm`. instance `InstanceNorm2d` / `LayerNorm(F)`;
   `ReferenceInstanceNorm2d` / `ReferenceLayerNorm`. Schemes with a single implementation build the
-  same module for `norm.impl: torch` and `reference`. Every run's `meta.json` lists the norm layers actually built (`norm_layers`), so
-  substitutes and fused layers are visible in the results.
+  same module for `norm.impl: torch` and `reference`. Every run's `meta.json` lists the norm layers
+  actually built (`norm_layers`: class, norm type, channels, and the resolved `groups` and
+  `channels_per_group` of group-style norms), so substitutes, fused layers and default group
+  counts are visible in the results.
 
 ## Python API
 
