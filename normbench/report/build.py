@@ -2,7 +2,8 @@
 
 summary.csv has one row per dataset x model x norm x batch size x other varying config keys x
 device. Means are over completed runs only; diverged, failed and unfinished runs are counted in
-their own columns and listed in report.md. With two or more seeds a mean has a 95 % Student t
+their own columns and listed in report.md. Points with no result yet (only unfinished runs, or a
+sweep's points not started) are left out of the tables, figures and findings, and counted. With two or more seeds a mean has a 95 % Student t
 interval (`*_ci95`: its half-width), and the findings test batch norm against the best
 batch-independent norm (Welch, and paired by seed where the seeds match; report/stats.py). Values are rounded once, in the summary table, so the
 CSV, report.md and the terminal show the same numbers.
@@ -215,10 +216,15 @@ def point_label(point: dict, extra: list[str]) -> str:
     return f"{point['norm']} at batch size {point['batch_size']}" + (f" ({others})" if others else "")
 
 
+def not_run_yet(summary: pd.DataFrame) -> pd.Series:
+    """Rows with no completed, diverged or failed run: only unfinished ones (a point that diverged has a result)."""
+    return (summary["n_seeds"] + summary["n_diverged"] + summary["n_failed"]) == 0
+
+
 def missing_points(summary: pd.DataFrame, collected: Collected) -> list[str]:
-    """The points with no completed run, each named once: summary rows whose runs all failed,
-    diverged or did not finish, and sweep points with no run yet (a tuned point: no chosen setting)."""
-    labels = [point_label(row, collected.extra_keys) for row in summary[summary["n_seeds"] == 0].to_dict("records")]
+    """The points with no result yet, each named once: summary rows whose runs are all unfinished,
+    and sweep points with no run here (not started, or a tuned point with no chosen setting)."""
+    labels = [point_label(row, collected.extra_keys) for row in summary[not_run_yet(summary)].to_dict("records")]
     labels += [point_label(point, collected.extra_keys) for point in collected.not_started]
     return list(dict.fromkeys(labels))
 
@@ -232,12 +238,12 @@ def missing_text(missing: list[str]) -> str:
 
 
 def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path], list[str]]:
-    """Write summary.csv, the figures and report.md into `out`; returns the summary (points with a
-    completed run only), the files, and the points left out for want of a completed run."""
+    """Write summary.csv, the figures and report.md into `out`; returns the summary (points that
+    have not run yet left out), the files, and those points' names."""
     runs, extra = collected.runs, collected.extra_keys
     summary = summarize(runs, extra)
     missing = missing_points(summary, collected)
-    summary = summary[summary["n_seeds"] > 0].reset_index(drop=True)
+    summary = summary[~not_run_yet(summary)].reset_index(drop=True)
     tuned = summary["tuned"].astype(bool).any()
     if not tuned:  # a plain sweep: no column of empty cells
         summary = summary.drop(columns=["tuned"])
