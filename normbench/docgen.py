@@ -92,8 +92,12 @@ NORMS_NOTES = """\
   `track_running_stats: false`. A batch of one sample per channel is an error.
 - **layer** on maps normalizes each sample over (C, H, W) with a per-channel γ/β: PyTorch's
   `GroupNorm(1, C)`, as in the Group Normalization paper; on vectors it is `LayerNorm(F)`.
-- **group** uses G = `norm.groups`, or the largest divisor of C that is ≤ 32; a G that does not
-  divide a layer's channels is a config error naming the layer.
+- **group** (and `ws_group`, `evonorm_s0`) uses G = `norm.groups`, or by default the largest
+  divisor of C with G ≤ 32 and at least 4 channels per group (C/G ≥ 4; one group when C < 8): the
+  cnn's 32- and 64-channel layers get 8 and 16 groups, not 32 groups of one channel (that is
+  instance norm, which the GN paper finds worse). An explicit `norm.groups` overrides it, one
+  channel per group included; a G that does not divide a layer's channels is a config error naming
+  the layer.
 - **instance** has no affine and no running statistics unless asked (PyTorch's defaults). On
   feature vectors it is **layer normalization over F**: an instance of a feature vector has one
   value per channel, so true instance statistics would make the output constant. With
@@ -115,8 +119,10 @@ NORMS_NOTES = """\
   layer `GroupNorm(1, C)` / `LayerNorm(F)`; `ReferenceGroupNorm` / `ReferenceLayerNorm`. group
   `GroupNorm(G, C)`; `ReferenceGroupNorm`. instance `InstanceNorm2d` / `LayerNorm(F)`;
   `ReferenceInstanceNorm2d` / `ReferenceLayerNorm`. Schemes with a single implementation build the
-  same module for `norm.impl: torch` and `reference`. Every run's `meta.json` lists the norm layers actually built (`norm_layers`), so
-  substitutes and fused layers are visible in the results.
+  same module for `norm.impl: torch` and `reference`. Every run's `meta.json` lists the norm layers
+  actually built (`norm_layers`: class, norm type, channels, and the resolved `groups` and
+  `channels_per_group` of group-style norms), so substitutes, fused layers and default group
+  counts are visible in the results.
 
 ## Python API
 

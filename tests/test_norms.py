@@ -116,10 +116,24 @@ def test_options_are_honoured():
     assert isinstance(make_norm("none", 4), nn.Identity)
 
 
-@pytest.mark.parametrize("channels, groups", [(32, 32), (64, 32), (100, 25), (128, 32), (6, 6), (1, 1), (96, 32), (7, 7)])
-def test_default_groups_is_the_largest_divisor_up_to_32(channels, groups):
+@pytest.mark.parametrize(
+    "channels, groups",
+    [(32, 8), (64, 16), (16, 4), (6, 1), (4, 1), (128, 32), (48, 12), (100, 25), (96, 24), (8, 2), (7, 1), (1, 1), (256, 32)],
+)
+def test_default_groups_is_the_largest_divisor_up_to_32_with_4_channels_per_group(channels, groups):
     assert default_groups(channels) == groups
     assert make_norm("group", channels).num_groups == groups
+
+
+def test_explicit_groups_override_the_default_even_at_one_channel_per_group():
+    assert make_norm("group", 32, groups=32).num_groups == 32
+    assert make_norm("ws_group", 32, groups=32).num_groups == 32
+    assert make_norm("evonorm_s0", 32, dims=2, groups=2).num_groups == 2
+
+
+def test_default_groups_apply_to_every_group_style_norm():
+    for name in ("group", "ws_group", "evonorm_s0"):
+        assert make_norm(name, 64, dims=2).num_groups == 16, name
 
 
 def test_groups_not_dividing_channels_is_a_config_error_naming_the_layer():

@@ -178,3 +178,20 @@ def test_the_gap_uses_the_eval_mode_train_accuracy_when_measured(runner, tmp_pat
     with open(tmp_path / "out" / "summary.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["gap_pct_mean"]) == pytest.approx(10.0)
+
+
+def test_a_point_that_only_diverged_keeps_its_row_and_one_not_run_yet_is_left_out_and_counted(runner, fixture_runs,
+                                                                                             tmp_path):
+    runs = fixture_runs / "runs"
+    write_run(runs, "batch-8-0-diverged", "batch", 8, 0, 0.1, 0.1, status="diverged")
+    write_run(runs, "group-8-0-running", "group", 8, 0, 0.1, 0.1, status="running")  # killed before it finished
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["report", str(fixture_runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = summary_rows(out / "summary.csv")
+    assert summary[("batch", 8)]["n_diverged"] == "1" and summary[("batch", 8)]["n_seeds"] == "0"
+    assert ("group", 8) not in summary and len(summary) == 5
+    expected = "1 point with no completed run yet, left out of the tables, figures and findings: group at batch size 8."
+    report = (out / "report.md").read_text()
+    assert expected in report and expected in " ".join(result.output.split())
+    assert "batch size nan" not in report and "group-8-0-running" in report  # still listed among the runs not averaged

@@ -72,3 +72,34 @@ def test_the_report_of_a_tuned_sweep_keeps_the_selected_runs(runner, write_confi
     assert sorted(r["norm"] for r in summary) == ["batch", "group"]  # one row per norm: its selected lr only
     assert all("optimizer.lr" not in r for r in summary) and all(r["tuned"].startswith("optimizer.lr=") for r in summary)
     assert "This is a tuned sweep" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_report_of_an_unfinished_tuned_sweep_leaves_out_and_counts_the_missing_points(runner, write_config, tmp_path):
+    """What a killed tuned sweep leaves: group at batch 16 has one setting interrupted (no choice
+    recorded) and the other not started; batch at batch 16 has not started at all."""
+    import json
+    import shutil
+
+    config = write_config(epochs=1, **{"dataset.val_samples": 64})
+    assert runner.invoke(app, ["sweep", str(config), "--norms", "batch,group", "--batch-sizes", "4,16", "--jobs", "1",
+                               "--tune", "optimizer.lr=0.01,0.0001", "--results-dir", str(tmp_path)]).exit_code == 0
+    (sweep,) = (tmp_path / "sweeps").iterdir()
+    for run_dir in (sweep / "runs").iterdir():
+        if run_dir.name.startswith("norm=group_bs=16_") and run_dir.name.endswith("lr=0.01"):
+            meta = json.loads((run_dir / "meta.json").read_text())
+            meta["status"] = "interrupted"
+            del meta["sweep"]["tuning"]  # the sweep records a choice only for completed runs
+            (run_dir / "meta.json").write_text(json.dumps(meta))
+        elif "_bs=16_" in run_dir.name:
+            shutil.rmtree(run_dir)
+    result = runner.invoke(app, ["report", str(sweep), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    expected = "2 points with no completed run yet, left out of the tables, figures and findings: " \
+               "group at batch size 16; batch at batch size 16."
+    assert expected in report and expected in " ".join(result.output.split())
+    assert "batch size nan" not in report and "At batch size 16" not in report and "- At batch size 4: test error" in report
+    with open(tmp_path / "report" / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert sorted((r["norm"], r["batch_size"]) for r in summary) == [("batch", "4"), ("group", "4")]
+    assert "optimizer.lr" not in summary[0]  # the interrupted run's lr does not split the table

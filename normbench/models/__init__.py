@@ -14,6 +14,10 @@ from torch import nn
 
 from normbench.errors import ConfigError
 from normbench.models.resnet import build_resnet20
+from normbench.norms import NORMS
+
+# norms whose layers split channels into norm.groups groups (their registry options name `groups`)
+GROUPED_NORMS = frozenset(name for name, spec in NORMS.items() if "groups" in spec.options.split(", "))
 
 # (channels, dims, layer_name) -> norm module
 NormFactory = Callable[[int, int, str], nn.Module]
@@ -104,11 +108,17 @@ def build_model(
     return MODELS[name](tuple(input_shape), num_classes, norm_factory, placement)
 
 
-
 def norm_layers(model: nn.Module) -> list[dict]:
-    """One dict per norm layer (name, class, channels), for meta.json."""
+    """One dict per norm layer, for meta.json: layer, class, repr; with `type` and `channels` where
+    `make_norm` built it, and `groups` and `channels_per_group` for norms that take `norm.groups`."""
     rows = []
     for name, module in model.named_modules():
         if name.startswith("norm") or ".norm" in name:
-            rows.append({"layer": name, "class": type(module).__name__, "repr": repr(module)})
+            row = {"layer": name, "class": type(module).__name__, "repr": repr(module)}
+            norm_type, channels = getattr(module, "norm_type", None), getattr(module, "norm_channels", None)
+            if norm_type is not None:
+                row.update(type=norm_type, channels=channels)
+                if norm_type in GROUPED_NORMS and hasattr(module, "num_groups"):
+                    row.update(groups=module.num_groups, channels_per_group=channels // module.num_groups)
+            rows.append(row)
     return rows

@@ -124,6 +124,7 @@ NORMS: dict[str, NormSpec] = {
         "per sample and group of F/G features",
         False,
         _build_group,
+        options="eps, affine, groups",
     ),
     "instance": NormSpec(
         "instance",
@@ -209,7 +210,8 @@ def make_norm(
     `impl` is "torch" (PyTorch's modules) or "reference" (normbench's from-scratch modules);
     `options` are NormOptions fields (eps, momentum, affine, track_running_stats, groups, ...).
     Weight reparametrizations return a `schemes.LayerReparam` slot whose `wrap_layer` the model
-    builder applies to the block's conv/linear layer.
+    builder applies to the block's conv/linear layer. The module carries `norm_type` (`name`) and
+    `norm_channels` (`channels`).
     """
     spec = get_spec(name)
     if dims not in (1, 2):
@@ -218,4 +220,7 @@ def make_norm(
         raise ConfigError(f"unknown norm implementation '{impl}'; valid: {', '.join(IMPLS)}")
     if options.get("sync") and (name != "batch" or impl != "torch"):
         raise ConfigError(f"norm.sync=true needs norm.type=batch with norm.impl=torch, not {name} with impl {impl}")
-    return spec.build(channels, dims, NormOptions(**options), layer, impl)
+    module = spec.build(channels, dims, NormOptions(**options), layer, impl)
+    # what was asked for, read back by models.norm_layers for meta.json (a class alone can be shared)
+    module.norm_type, module.norm_channels = name, channels
+    return module

@@ -53,9 +53,14 @@ def pick(value, default):
     return default if value is None else value
 
 
+MAX_DEFAULT_GROUPS = 32  # the GN paper's G
+MIN_CHANNELS_PER_GROUP = 4  # fewer makes group norm instance-norm-like, which the GN paper finds worse
+
+
 def default_groups(channels: int) -> int:
-    """The largest divisor of `channels` that is at most min(32, channels) (the GN paper uses 32)."""
-    return max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+    """The largest divisor G of `channels` with G <= 32 and at least 4 channels per group (1 if C < 8)."""
+    limit = min(MAX_DEFAULT_GROUPS, channels // MIN_CHANNELS_PER_GROUP)
+    return max((g for g in range(1, limit + 1) if channels % g == 0), default=1)
 
 
 def resolve_groups(channels: int, opts: NormOptions, layer: str) -> int:

@@ -2,7 +2,8 @@
 
 summary.csv has one row per dataset x model x norm x batch size x other varying config keys x
 device. Means are over completed runs only; diverged, failed and unfinished runs are counted in
-their own columns and listed in report.md. With two or more seeds a mean has a 95 % Student t
+their own columns and listed in report.md. Points with no result yet (only unfinished runs, or a
+sweep's points not started) are left out of the tables, figures and findings, and counted. With two or more seeds a mean has a 95 % Student t
 interval (`*_ci95`: its half-width), and the findings test batch norm against the best
 batch-independent norm (Welch, and paired by seed where the seeds match; report/stats.py). Values are rounded once, in the summary table, so the
 CSV, report.md and the terminal show the same numbers.
@@ -124,6 +125,8 @@ def findings(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     norm (none excluded) with the difference's uncertainty from the per-seed `runs`."""
     lines = []
     done = summary[summary["n_seeds"] > 0]
+    if done.empty:  # nothing completed in this setting: no numbers to state
+        return lines
     for batch_size in sorted({done["batch_size"].min(), done["batch_size"].max()}):
         at = done[done["batch_size"] == batch_size]
         line = f"At batch size {batch_size}: test error {', '.join(_error_text(r) for r in at.itertuples())}."
@@ -207,10 +210,40 @@ def draw_part(part: pd.DataFrame, part_runs: pd.DataFrame, curves: pd.DataFrame,
              "Train-vs-test accuracy gap vs batch size (train accuracy in eval mode on a fixed training subset)")]
 
 
-def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
-    """Write summary.csv, the figures and report.md into `out`; returns the summary and the files."""
+def point_label(point: dict, extra: list[str]) -> str:
+    """`group at batch size 16 (norm.groups=8)`: a point as the report names it."""
+    others = ", ".join(f"{k}={point[k]}" for k in extra if k in point)
+    return f"{point['norm']} at batch size {point['batch_size']}" + (f" ({others})" if others else "")
+
+
+def not_run_yet(summary: pd.DataFrame) -> pd.Series:
+    """Rows with no completed, diverged or failed run: only unfinished ones (a point that diverged has a result)."""
+    return (summary["n_seeds"] + summary["n_diverged"] + summary["n_failed"]) == 0
+
+
+def missing_points(summary: pd.DataFrame, collected: Collected) -> list[str]:
+    """The points with no result yet, each named once: summary rows whose runs are all unfinished,
+    and sweep points with no run here (not started, or a tuned point with no chosen setting)."""
+    labels = [point_label(row, collected.extra_keys) for row in summary[not_run_yet(summary)].to_dict("records")]
+    labels += [point_label(point, collected.extra_keys) for point in collected.not_started]
+    return list(dict.fromkeys(labels))
+
+
+def missing_text(missing: list[str]) -> str:
+    """One sentence: how many points have no completed run and which, or '' when none."""
+    if not missing:
+        return ""
+    return (f"{len(missing)} point{'s' if len(missing) != 1 else ''} with no completed run yet, left out of the "
+            f"tables, figures and findings: {'; '.join(missing)}.")
+
+
+def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[pd.DataFrame, list[Path], list[str]]:
+    """Write summary.csv, the figures and report.md into `out`; returns the summary (points that
+    have not run yet left out), the files, and those points' names."""
     runs, extra = collected.runs, collected.extra_keys
     summary = summarize(runs, extra)
+    missing = missing_points(summary, collected)
+    summary = summary[~not_run_yet(summary)].reset_index(drop=True)
     tuned = summary["tuned"].astype(bool).any()
     if not tuned:  # a plain sweep: no column of empty cells
         summary = summary.drop(columns=["tuned"])
@@ -218,6 +251,8 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
     summary.to_csv(out / SUMMARY_FILE, index=False, float_format="%.10g")
     files = [out / SUMMARY_FILE]
     md = intro(collected, sources, tuned)
+    if missing:
+        md += [f"**Missing points:** {missing_text(missing)}", ""]
     several_devices = summary["device"].nunique() > 1
     for (dataset, model), part in summary.groupby(["dataset", "model"], sort=False):
         title = f"{dataset} / {model}"
@@ -253,7 +288,7 @@ def write_report(collected: Collected, out: Path, sources: list[Path]) -> tuple[
     files += probe_files + bench_files
     md += probe_md + bench_md
     (out / REPORT_FILE).write_text("\n".join(md), encoding="utf-8")
-    return summary, [*files, out / REPORT_FILE]
+    return summary, [*files, out / REPORT_FILE], missing
 
 
 # The terminal table's columns (summary.csv's name -> a header that fits 80 columns); the CSV has them all.
@@ -308,7 +343,7 @@ def run_report(paths: list[Path], out: Path | None, console) -> Path:
                       highlight=False, soft_wrap=True)
         return out
     try:
-        summary, files = write_report(collected, out, paths)
+        summary, files, missing = write_report(collected, out, paths)
     except OSError as exc:  # a full disk, a read-only --out: from any file of the report, figures too
         raise cannot_write(out, exc) from None
     for _, part in summary.groupby(["dataset", "model"], sort=False):
@@ -318,5 +353,7 @@ def run_report(paths: list[Path], out: Path | None, console) -> Path:
     bad = collected.runs[collected.runs["status"] != "completed"]
     for r in bad.itertuples():
         console.print(f"[red]{r.status}[/] (not averaged) {r.run_dir}: {r.reason}", highlight=False, soft_wrap=True)
+    if missing:
+        console.print(f"[yellow]missing[/] {missing_text(missing)}", highlight=False, soft_wrap=True)
     console.print(f"wrote {len(files)} files to {out}: " + ", ".join(p.name for p in files), highlight=False, soft_wrap=True)
     return out
