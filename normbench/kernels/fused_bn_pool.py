@@ -112,7 +112,7 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._uses_kernel(x):
-            return F.relu(F.max_pool2d(super().forward(x), 2))
+            return plain_pool(super().forward(x))
         factor = 0.0  # the running statistics' update weight, as nn.BatchNorm2d picks it
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -126,6 +126,11 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
                 x, weight.detach(), bias.detach(), self.running_mean if factor else none,
                 self.running_var if factor else none, factor, self.eps)
         return _BatchNormPoolReLU.apply(x, weight, bias, mean, invstd, scale, shift)
+
+
+def plain_pool(y: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own ReLU(MaxPool2d(2)(y)): the fused modules' path where the kernel does not apply."""
+    return F.relu(F.max_pool2d(y, 2))
 
 
 def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
