@@ -135,10 +135,16 @@ def plain_pool(y: torch.Tensor) -> torch.Tensor:
 
 def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
     """Is (norm, pool, act) PyTorch's BatchNorm2d, a plain 2x2 stride-2 MaxPool2d and a ReLU?"""
+    return type(norm) is nn.BatchNorm2d and pool_and_relu(pool, act)
+
+
+def pool_and_relu(pool: nn.Module, act: nn.Module) -> bool:
+    """Are (pool, act) a plain 2x2 stride-2 MaxPool2d (no padding, dilation, ceil mode or indices)
+    and a ReLU, the two the fused kernels apply after the norm?"""
     def pair(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
-    return (type(norm) is nn.BatchNorm2d and type(act) is nn.ReLU and type(pool) is nn.MaxPool2d
+    return (type(act) is nn.ReLU and type(pool) is nn.MaxPool2d
             and pair(pool.kernel_size) == (2, 2) and pair(pool.stride or pool.kernel_size) == (2, 2)
             and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
             and not pool.ceil_mode and not pool.return_indices)
