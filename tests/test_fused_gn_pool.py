@@ -5,6 +5,7 @@ F.max_pool2d(2) and F.relu."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from normbench.train import fastpath
 from normbench.train.build import build_for_config
 
 from conftest import tiny_config
+from test_fused_bn_pool import sgd_losses
 
 CL = torch.channels_last
 # float32: PyTorch and the kernel round differently at the last bit; bfloat16: one bf16 unit
@@ -136,29 +138,13 @@ def test_the_fused_modules_keep_class_parameters_and_state_dict():
 def test_a_run_with_the_kernel_trains_like_one_without(norm_type):
     """The CNN on CPU in fp32: ten SGD steps with and without the kernel give the same losses."""
     cfg = validate(tiny_config(**{"norm.type": norm_type}), "t")
-    torch.manual_seed(6)
-    x = torch.randn(8 * 10, 1, 12, 12).contiguous(memory_format=CL)
-    y = torch.randint(0, 4, (8 * 10,))
-    losses = {}
-    for fuse in (False, True):
-        torch.manual_seed(7)
-        model = fastpath.prepare_model(build_for_config(cfg, (1, 12, 12), 4), channels_last=True, fuse=fuse)
-        fused_modules = [m for m in model.modules() if isinstance(m, (GroupNormMaxPoolReLU, InstanceNormMaxPoolReLU))]
-        assert len(fused_modules) == (2 if fuse else 0)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        losses[fuse] = []
-        for step in range(10):
-            loss = F.cross_entropy(model(x[step * 8 : (step + 1) * 8]), y[step * 8 : (step + 1) * 8])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses[fuse].append(loss.item())
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    fused_class = InstanceNormMaxPoolReLU if norm_type == "instance" else GroupNormMaxPoolReLU
+    fused = sgd_losses(cfg, True, fused_class)
+    assert fused == pytest.approx(sgd_losses(cfg, False, fused_class), rel=1e-4)
 
 
 def test_the_run_records_the_fused_norm(tmp_path):
     from normbench.train.runner import run as run_config
-    import json
 
     outcome = run_config(validate(tiny_config(**{"norm.type": "group", "epochs": 1}), "t"), tmp_path)
     meta = json.loads((outcome.run_dir / "meta.json").read_text())

@@ -27,20 +27,14 @@ contiguous, maps smaller than 2x2) goes through PyTorch's own three functions.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from normbench.kernels.fused_bn_pool import KERNEL_DTYPES, kernel, plain_pool
+from normbench.kernels.fused_bn_pool import KERNEL_DTYPES, _BatchNormPoolReLU, kernel, plain_pool
 
 
-class _GroupNormPoolReLU(torch.autograd.Function):
-    """out = ReLU(MaxPool2d(2)(group_norm(x))) with the group statistics `mean`, `invstd` (N, G) of x."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, scale, shift):  # x: (N, C, H, W) channels_last
-        out, idx, xmax = kernel().forward(x, scale, shift)  # (N, C, H/2, W/2); 2x (N, H/2, W/2, C)
-        ctx.save_for_backward(x, weight, mean, invstd, out, idx, xmax)
-        return out
+class _GroupNormPoolReLU(_BatchNormPoolReLU):
+    """out = ReLU(MaxPool2d(2)(group_norm(x))) with the group statistics `mean`, `invstd` (N, G) of
+    x: batch norm's forward with per-sample scale and shift (N, C), group norm's backward."""
 
     @staticmethod
     def backward(ctx, grad):
