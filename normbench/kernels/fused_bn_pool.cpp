@@ -135,6 +135,21 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
   return {out, idx, xmax};
 }
 
+// The column sums of two (rows, C) arrays, added in float64: two float32 (C,) tensors.
+template <typename S>
+std::vector<torch::Tensor> column_sums(const S* a, const S* b, int64_t rows, int64_t C) {
+  auto sum_a = torch::empty({C}, torch::kFloat), sum_b = torch::empty({C}, torch::kFloat);
+  float* pa = sum_a.data_ptr<float>();
+  float* pb = sum_b.data_ptr<float>();
+  for (int64_t c = 0; c < C; c++) {
+    double x = 0.0, y = 0.0;
+    for (int64_t r = 0; r < rows; r++) { x += a[r * C + c]; y += b[r * C + c]; }
+    pa[c] = (float)x;
+    pb[c] = (float)y;
+  }
+  return {sum_a, sum_b};
+}
+
 // dbeta = sum g_y, dgamma = sum g_y * xhat, from the pooled gradient (g_y is zero off the argmax).
 template <typename T>
 std::vector<torch::Tensor> reduce_impl(const torch::Tensor& grad, const torch::Tensor& out, const torch::Tensor& xmax,
@@ -173,16 +188,7 @@ std::vector<torch::Tensor> reduce_impl(const torch::Tensor& grad, const torch::T
       for (int64_t c = 0; c < C; c++) { sb[c] += fb[c]; sg[c] += fg[c]; }
     }
   });
-  auto dbeta = torch::zeros({C}, torch::kFloat), dgamma = torch::zeros({C}, torch::kFloat);
-  float* bp = dbeta.data_ptr<float>();
-  float* gq = dgamma.data_ptr<float>();
-  for (int64_t c = 0; c < C; c++) {
-    double a = 0.0, g = 0.0;
-    for (int t = 0; t < threads; t++) { a += db[t * C + c]; g += dg[t * C + c]; }
-    bp[c] = (float)a;
-    gq[c] = (float)g;
-  }
-  return {dbeta, dgamma};
+  return column_sums(db.data(), dg.data(), threads, C);  // {dbeta, dgamma}
 }
 
 // dx = a * g_y - b - (x - mu) * k at every position of x, with per-channel coefficients (C,) for
@@ -441,15 +447,8 @@ std::vector<torch::Tensor> group_backward(torch::Tensor x, torch::Tensor grad, t
   const float* ga = gamma.data_ptr<float>();
   const float* mp = mean.data_ptr<float>();
   const float* is = invstd.data_ptr<float>();
-  auto dbeta = torch::empty({C}, torch::kFloat), dgamma = torch::empty({C}, torch::kFloat);
-  float* db = dbeta.data_ptr<float>();
-  float* dg = dgamma.data_ptr<float>();
-  for (int64_t c = 0; c < C; c++) {
-    double sb = 0.0, sg = 0.0;
-    for (int64_t n = 0; n < N; n++) { sb += s1[n * C + c]; sg += s2[n * C + c]; }
-    db[c] = (float)sb;
-    dg[c] = (float)sg;
-  }
+  auto totals = column_sums(s1, s2, N, C);
+  const torch::Tensor dbeta = totals[0], dgamma = totals[1];
   if (!input_grad_needed) return {torch::Tensor(), dgamma, dbeta};
   auto a = torch::empty({N, C}, torch::kFloat), b = torch::empty({N, C}, torch::kFloat);
   auto k = torch::empty({N, C}, torch::kFloat), mu = torch::empty({N, C}, torch::kFloat);
