@@ -126,7 +126,8 @@ def norm_list(text: str) -> list[str]:
     return list(parse_names(text, "--norms", "--norms batch,group"))
 
 
-@app.command()
+@app.command(cls=Command, epilog=(
+    "Example: normbench bench --norms batch,group,layer --batch-sizes 2,8,64 --no-memory"))
 @handle_errors
 def bench(
     config: Annotated[
@@ -161,10 +162,9 @@ def bench(
             pack_bench.packed_config(point, pack)
     _sigterm_as_interrupt()
     console.print(harness.environment_line(base), highlight=False)
-    with console.status("measuring") as status:
-        def progress(text: str) -> None:
-            status.update(f"measuring {text}")
-
+    console.print(harness.cpu_line(harness.read_cpuinfo()), highlight=False)
+    total = harness.progress_total(len(sizes) * len(norm_names), repeats, memory and pack is None)
+    with harness.progress_bar(console, total) as progress:
         if pack is not None:
             bench_module = pack_bench
             rows = pack_bench.run_pack_bench(base, sizes, norm_names, steps, repeats, pack, data_dir=data_dir, progress=progress)

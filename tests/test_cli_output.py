@@ -5,7 +5,7 @@ import pytest
 
 from normbench.cli import app
 
-COMMANDS = ["run", "eval", "norms", "sweep", "report", "configs", "export", "export mlflow"]
+COMMANDS = ["run", "eval", "bench", "norms", "sweep", "report", "configs", "export", "export mlflow"]
 
 
 def help_text(runner, *args: str) -> str:

@@ -103,26 +103,31 @@ def test_batch_statistics_without_update_as_the_diagnostics_ask():
         assert torch.equal(value, before[key]), key
 
 
+def sgd_losses(cfg, fuse: bool, fused_class, steps: int = 10) -> list[float]:
+    """The losses of `steps` SGD steps of the CNN of cfg on fixed random data, with or without the
+    fused kernels (asserting that the model holds a `fused_class` module exactly when fused)."""
+    torch.manual_seed(3)
+    x = torch.randn(8 * steps, 1, 12, 12).contiguous(memory_format=CL)
+    y = torch.randint(0, 4, (8 * steps,))
+    torch.manual_seed(4)
+    model = fastpath.prepare_model(build_for_config(cfg, (1, 12, 12), 4), channels_last=True, fuse=fuse)
+    assert any(isinstance(m, fused_class) for m in model.modules()) is fuse
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for step in range(steps):
+        loss = F.cross_entropy(model(x[step * 8 : (step + 1) * 8]), y[step * 8 : (step + 1) * 8])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_a_run_with_the_kernel_trains_like_one_without():
     """The CNN on CPU in fp32: ten steps with and without the kernel give the same losses."""
     cfg = validate(tiny_config(), "t")
-    torch.manual_seed(3)
-    x = torch.randn(8 * 10, 1, 12, 12).contiguous(memory_format=CL)
-    y = torch.randint(0, 4, (8 * 10,))
-    losses = {}
-    for fuse in (False, True):
-        torch.manual_seed(4)
-        model = fastpath.prepare_model(build_for_config(cfg, (1, 12, 12), 4), channels_last=True, fuse=fuse)
-        assert any(isinstance(m, BatchNormMaxPoolReLU) for m in model.modules()) is fuse
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        losses[fuse] = []
-        for step in range(10):
-            loss = F.cross_entropy(model(x[step * 8 : (step + 1) * 8]), y[step * 8 : (step + 1) * 8])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses[fuse].append(loss.item())
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    fused = sgd_losses(cfg, True, BatchNormMaxPoolReLU)
+    assert fused == pytest.approx(sgd_losses(cfg, False, BatchNormMaxPoolReLU), rel=1e-4)
 
 
 def test_without_a_compiler_the_model_stays_as_built_and_says_why(monkeypatch):

@@ -7,6 +7,7 @@ K packed seeds against K sequential runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 from dataclasses import dataclass
@@ -115,6 +116,61 @@ def environment_line(base: Config) -> str:
     return (f"normbench {env['normbench']} bench | {env['device']}: {env['device_name']} | {env['cpu_count']} CPUs, "
             f"{env['threads']} torch threads | torch {env['torch']} | torchvision {env['torchvision']} | "
             f"Python {env['python']} | {env['host']}" + (f" | git {commit}" if commit else ""))
+
+
+ISA_FEATURES = (  # (name shown, flag in /proc/cpuinfo): what decides the CPU kernels' speed
+    ("AVX512F", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16"), ("AMX-TILE", "amx_tile"),
+    ("AVX2", "avx2"),
+)
+
+
+def read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo, or "" where there is none (macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_line(cpuinfo: str) -> str:
+    """Two lines from the text of /proc/cpuinfo: `CPU: <model>` and `ISA: AVX512F yes, AVX512-BF16
+    no, ...`; "unknown" where the text has no `model name` or `flags` line."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name") or "unknown model"
+    if "flags" not in fields:
+        return f"CPU: {model}\nISA: unknown (no flags in /proc/cpuinfo)"
+    flags = set(fields["flags"].split())
+    return f"CPU: {model}\nISA: " + ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in ISA_FEATURES)
+
+
+def progress_total(points: int, repeats: int, memory: bool) -> int:
+    """How many times a bench calls its `progress` callback: per point a warm-up, each repeat and,
+    with `memory`, the peak-memory runs."""
+    return points * (1 + repeats + int(memory))
+
+
+@contextlib.contextmanager
+def progress_bar(console, total: int):
+    """A rich progress bar on `console` while a bench measures; yields the `progress(text)` callback
+    the benches call before each measurement (the text names it). On a console that is not a
+    terminal (piped output) it shows nothing, so the output holds only the header and tables."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+    with bar:
+        task = bar.add_task("measuring", total=total)
+        started = [0]
+
+        def progress(text: str) -> None:
+            bar.update(task, description=text, completed=started[0])
+            started[0] += 1
+
+        yield progress
+        bar.update(task, completed=total)
 
 
 def measure_alternating(first, second, cfg: Config, warm: Config, repeats: int, progress=None,

@@ -1,5 +1,6 @@
-// Batch norm + 2x2 max-pool + ReLU in one pass over a channels_last map, forward and backward.
-// The math, the dtypes and the rounding are described in fused_bn_pool.py, which loads this file
+// Batch norm or group norm (layer and instance norm are its G=1 and G=C cases) + 2x2 max-pool +
+// ReLU in one pass over a channels_last map, forward and backward. The math, the dtypes and the
+// rounding are described in fused_bn_pool.py and fused_gn_pool.py, which load this file
 // through normbench/kernels/build.py (one build per torch version, flags, source and CPU level).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -82,9 +83,11 @@ std::vector<torch::Tensor> stats_impl(const torch::Tensor& x) {
   return {mean_t, var_t};
 }
 
+// scale, shift: (C,) for every sample (batch norm) or (N, C), one row per sample (group norm).
 template <typename T>
 std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& shift) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Ho = H / 2, Wo = W / 2;
+  const int64_t per_sample = scale.dim() == 2 ? C : 0;  // stride of scale and shift over samples
   auto out = torch::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto idx = torch::empty({N, Ho, Wo, C}, x.options().dtype(torch::kUInt8));
   auto xmax = torch::empty({N, Ho, Wo, C}, x.options());  // x at each window's argmax, for backward
@@ -99,9 +102,9 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
   at::parallel_for(0, N * Ho, 1, [=](int64_t b, int64_t e) {
     const T* __restrict__ xp_ = xp; T* __restrict__ op_ = op; uint8_t* __restrict__ ip_ = ip;
     T* __restrict__ xm_ = xm;
-    const float* __restrict__ sc_ = sc; const float* __restrict__ sh_ = sh;
     for (int64_t row = b; row < e; row++) {
       const int64_t n = row / Ho, ho = row % Ho;
+      const float* __restrict__ sc_ = sc + n * per_sample; const float* __restrict__ sh_ = sh + n * per_sample;
       for (int64_t wo = 0; wo < Wo; wo++) {
         const int64_t p00 = ((n * H + 2 * ho) * W + 2 * wo) * C, p01 = p00 + C, p10 = p00 + W * C, p11 = p10 + C;
         const int64_t o = (row * Wo + wo) * C;
@@ -130,6 +133,21 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
     }
   });
   return {out, idx, xmax};
+}
+
+// The column sums of two (rows, C) arrays, added in float64: two float32 (C,) tensors.
+template <typename S>
+std::vector<torch::Tensor> column_sums(const S* a, const S* b, int64_t rows, int64_t C) {
+  auto sum_a = torch::empty({C}, torch::kFloat), sum_b = torch::empty({C}, torch::kFloat);
+  float* pa = sum_a.data_ptr<float>();
+  float* pb = sum_b.data_ptr<float>();
+  for (int64_t c = 0; c < C; c++) {
+    double x = 0.0, y = 0.0;
+    for (int64_t r = 0; r < rows; r++) { x += a[r * C + c]; y += b[r * C + c]; }
+    pa[c] = (float)x;
+    pb[c] = (float)y;
+  }
+  return {sum_a, sum_b};
 }
 
 // dbeta = sum g_y, dgamma = sum g_y * xhat, from the pooled gradient (g_y is zero off the argmax).
@@ -170,52 +188,32 @@ std::vector<torch::Tensor> reduce_impl(const torch::Tensor& grad, const torch::T
       for (int64_t c = 0; c < C; c++) { sb[c] += fb[c]; sg[c] += fg[c]; }
     }
   });
-  auto dbeta = torch::zeros({C}, torch::kFloat), dgamma = torch::zeros({C}, torch::kFloat);
-  float* bp = dbeta.data_ptr<float>();
-  float* gq = dgamma.data_ptr<float>();
-  for (int64_t c = 0; c < C; c++) {
-    double a = 0.0, g = 0.0;
-    for (int t = 0; t < threads; t++) { a += db[t * C + c]; g += dg[t * C + c]; }
-    bp[c] = (float)a;
-    gq[c] = (float)g;
-  }
-  return {dbeta, dgamma};
+  return column_sums(db.data(), dg.data(), threads, C);  // {dbeta, dgamma}
 }
 
-// dx = gamma * invstd * (g_y - dbeta / M - xhat * dgamma / M) at every position of x.
+// dx = a * g_y - b - (x - mu) * k at every position of x, with per-channel coefficients (C,) for
+// every sample or (N, C), one row per sample (`per_sample`: their stride over samples, 0 or C).
 template <typename T>
 torch::Tensor input_grad_impl(const torch::Tensor& x, const torch::Tensor& grad, const torch::Tensor& out,
-                              const torch::Tensor& idx, const torch::Tensor& mean, const torch::Tensor& invstd,
-                              const torch::Tensor& gamma, const torch::Tensor& dbeta, const torch::Tensor& dgamma) {
+                              const torch::Tensor& idx, const torch::Tensor& a, const torch::Tensor& b,
+                              const torch::Tensor& k, const torch::Tensor& mu) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Ho = H / 2, Wo = W / 2;
-  const double M = (double)N * H * W;
+  const int64_t per_sample = a.dim() == 2 ? C : 0;
   auto dx = torch::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const T* xp = (const T*)x.data_ptr();
   const T* gp = (const T*)grad.data_ptr();
   const T* op = (const T*)out.data_ptr();
   const uint8_t* ip = idx.data_ptr<uint8_t>();
   T* dp = (T*)dx.data_ptr();
-  const float* ga = gamma.data_ptr<float>();
-  const float* is = invstd.data_ptr<float>();
-  const float* db = dbeta.data_ptr<float>();
-  const float* dg = dgamma.data_ptr<float>();
-  const float* mp = mean.data_ptr<float>();
-  std::vector<float> a(C), b(C), k(C), mu(C);
-  for (int64_t c = 0; c < C; c++) {
-    const double s = (double)ga[c] * is[c];
-    a[c] = (float)s;
-    b[c] = (float)(s * db[c] / M);
-    k[c] = (float)(s * dg[c] / M * is[c]);
-    mu[c] = mp[c];
-  }
-  const float* a_all = a.data(); const float* b_all = b.data(); const float* k_all = k.data(); const float* mu_all = mu.data();
+  const float* a_all = a.data_ptr<float>(); const float* b_all = b.data_ptr<float>();
+  const float* k_all = k.data_ptr<float>(); const float* mu_all = mu.data_ptr<float>();
   at::parallel_for(0, N * H, 1, [=](int64_t begin, int64_t end) {
     const T* __restrict__ xp_ = xp; const T* __restrict__ gp_ = gp; const T* __restrict__ op_ = op;
     const uint8_t* __restrict__ ip_ = ip; T* __restrict__ dp_ = dp;
-    const float* __restrict__ a_ = a_all; const float* __restrict__ b_ = b_all;
-    const float* __restrict__ k_ = k_all; const float* __restrict__ mu_ = mu_all;
     for (int64_t row = begin; row < end; row++) {  // row: (n, h) of the full map
       const int64_t n = row / H, h = row % H, ho = h / 2;
+      const float* __restrict__ a_ = a_all + n * per_sample; const float* __restrict__ b_ = b_all + n * per_sample;
+      const float* __restrict__ k_ = k_all + n * per_sample; const float* __restrict__ mu_ = mu_all + n * per_sample;
       const int64_t first_free = (ho < Ho) ? 2 * Wo : 0;  // columns from here on get no gradient from above
       if (ho < Ho) {
         const int top = (int)((h & 1) * 2);  // the argmax codes of this row's two positions: top, top + 1
@@ -239,6 +237,104 @@ torch::Tensor input_grad_impl(const torch::Tensor& x, const torch::Tensor& grad,
     }
   });
   return dx;
+}
+
+// Group statistics of each sample: mean and biased variance over the (C/G, H, W) values of each of
+// its G groups of consecutive channels, float32 (N, G) each. Float sums over blocks of 64 positions,
+// added in float64; a second, centred pass for the variance (no cancellation).
+template <typename T>
+std::vector<torch::Tensor> group_stats_impl(const torch::Tensor& x, int64_t G) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Cg = C / G;
+  const T* xp = (const T*)x.data_ptr();
+  auto mean_t = torch::empty({N, G}, torch::kFloat), var_t = torch::empty({N, G}, torch::kFloat);
+  float* mp = mean_t.data_ptr<float>();
+  float* vp = var_t.data_ptr<float>();
+  at::parallel_for(0, N, 1, [=](int64_t b, int64_t e) {
+    std::vector<float> block(C), centre(C);
+    std::vector<double> sums(C), group(G);
+    float* __restrict__ f = block.data();
+    float* __restrict__ m_ = centre.data();
+    for (int64_t n = b; n < e; n++) {
+      const T* __restrict__ xs = xp + n * HW * C;
+      for (int pass = 0; pass < 2; pass++) {  // 0: sums of x, 1: sums of (x - group mean)^2
+        std::fill(sums.begin(), sums.end(), 0.0);
+        for (int64_t r0 = 0; r0 < HW; r0 += 64) {
+          std::fill(block.begin(), block.end(), 0.f);
+          const int64_t r1 = std::min(HW, r0 + 64);
+          if (pass == 0) {
+            for (int64_t r = r0; r < r1; r++) {
+#pragma omp simd
+              for (int64_t c = 0; c < C; c++) f[c] += load(xs, r * C + c);
+            }
+          } else {
+            for (int64_t r = r0; r < r1; r++) {
+#pragma omp simd
+              for (int64_t c = 0; c < C; c++) { const float d = load(xs, r * C + c) - m_[c]; f[c] += d * d; }
+            }
+          }
+          for (int64_t c = 0; c < C; c++) sums[c] += f[c];
+        }
+        std::fill(group.begin(), group.end(), 0.0);
+        for (int64_t c = 0; c < C; c++) group[c / Cg] += sums[c];
+        for (int64_t g = 0; g < G; g++) {
+          const double value = group[g] / ((double)Cg * HW);
+          if (pass == 0) {
+            mp[n * G + g] = (float)value;
+            for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) m_[c] = (float)value;
+          } else {
+            vp[n * G + g] = (float)value;
+          }
+        }
+      }
+    }
+  });
+  return {mean_t, var_t};
+}
+
+// Per sample and channel: s1 = sum g_y, s2 = sum g_y * xhat over the pooled windows, float32 (N, C)
+// each (g_y is zero off the argmax); mean and invstd (N, G) are the group statistics.
+template <typename T>
+std::vector<torch::Tensor> group_reduce_impl(const torch::Tensor& grad, const torch::Tensor& out, const torch::Tensor& xmax,
+                                             const torch::Tensor& mean, const torch::Tensor& invstd) {
+  const int64_t N = out.size(0), C = out.size(1), HWo = out.size(2) * out.size(3), G = mean.size(1), Cg = C / G;
+  const T* gp = (const T*)grad.data_ptr();
+  const T* op = (const T*)out.data_ptr();
+  const T* xm = (const T*)xmax.data_ptr();
+  const float* mu = mean.data_ptr<float>();
+  const float* is = invstd.data_ptr<float>();
+  auto s1_t = torch::empty({N, C}, torch::kFloat), s2_t = torch::empty({N, C}, torch::kFloat);
+  float* s1 = s1_t.data_ptr<float>();
+  float* s2 = s2_t.data_ptr<float>();
+  at::parallel_for(0, N, 1, [=](int64_t b, int64_t e) {
+    std::vector<float> mean_c(C), invstd_c(C), block_b(C), block_g(C);
+    std::vector<double> sb(C), sg(C);
+    const float* __restrict__ mu_ = mean_c.data();
+    const float* __restrict__ is_ = invstd_c.data();
+    float* __restrict__ fb = block_b.data();
+    float* __restrict__ fg = block_g.data();
+    for (int64_t n = b; n < e; n++) {
+      for (int64_t c = 0; c < C; c++) { mean_c[c] = mu[n * G + c / Cg]; invstd_c[c] = is[n * G + c / Cg]; }
+      std::fill(sb.begin(), sb.end(), 0.0);
+      std::fill(sg.begin(), sg.end(), 0.0);
+      const T* __restrict__ gp_ = gp + n * HWo * C; const T* __restrict__ op_ = op + n * HWo * C;
+      const T* __restrict__ xm_ = xm + n * HWo * C;
+      for (int64_t r0 = 0; r0 < HWo; r0 += 64) {  // float sums over 64 windows, then added in float64
+        std::fill(block_b.begin(), block_b.end(), 0.f);
+        std::fill(block_g.begin(), block_g.end(), 0.f);
+        for (int64_t r = r0; r < std::min(HWo, r0 + 64); r++) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            const float g = load(op_, r * C + c) > 0.f ? load(gp_, r * C + c) : 0.f;  // ReLU backward
+            fb[c] += g;
+            fg[c] += g * ((load(xm_, r * C + c) - mu_[c]) * is_[c]);
+          }
+        }
+        for (int64_t c = 0; c < C; c++) { sb[c] += fb[c]; sg[c] += fg[c]; }
+      }
+      for (int64_t c = 0; c < C; c++) { s1[n * C + c] = (float)sb[c]; s2[n * C + c] = (float)sg[c]; }
+    }
+  });
+  return {s1_t, s2_t};
 }
 
 bool is_bf16(const torch::Tensor& x) { return x.scalar_type() == torch::kBFloat16; }
@@ -283,10 +379,95 @@ std::vector<torch::Tensor> reduce(torch::Tensor grad, torch::Tensor out, torch::
   return is_bf16(out) ? reduce_impl<uint16_t>(grad, out, xmax, mean, invstd)
                       : reduce_impl<float>(grad, out, xmax, mean, invstd);
 }
+torch::Tensor input_grad_from(const torch::Tensor& x, const torch::Tensor& grad, const torch::Tensor& out,
+                              const torch::Tensor& idx, const torch::Tensor& a, const torch::Tensor& b,
+                              const torch::Tensor& k, const torch::Tensor& mu) {
+  return is_bf16(x) ? input_grad_impl<uint16_t>(x, grad, out, idx, a, b, k, mu)
+                    : input_grad_impl<float>(x, grad, out, idx, a, b, k, mu);
+}
+
+// Batch norm: dx = gamma * invstd * (g_y - dbeta / M - xhat * dgamma / M), M = N * H * W.
 torch::Tensor input_grad(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor idx, torch::Tensor mean,
                          torch::Tensor invstd, torch::Tensor gamma, torch::Tensor dbeta, torch::Tensor dgamma) {
-  return is_bf16(x) ? input_grad_impl<uint16_t>(x, grad, out, idx, mean, invstd, gamma, dbeta, dgamma)
-                    : input_grad_impl<float>(x, grad, out, idx, mean, invstd, gamma, dbeta, dgamma);
+  const int64_t C = x.size(1);
+  const double M = (double)x.numel() / C;
+  auto a = torch::empty({C}, torch::kFloat), b = torch::empty({C}, torch::kFloat), k = torch::empty({C}, torch::kFloat);
+  const float* ga = gamma.data_ptr<float>();
+  const float* is = invstd.data_ptr<float>();
+  const float* db = dbeta.data_ptr<float>();
+  const float* dg = dgamma.data_ptr<float>();
+  float* ap = a.data_ptr<float>(); float* bp = b.data_ptr<float>(); float* kp = k.data_ptr<float>();
+  for (int64_t c = 0; c < C; c++) {
+    const double s = (double)ga[c] * is[c];
+    ap[c] = (float)s;
+    bp[c] = (float)(s * db[c] / M);
+    kp[c] = (float)(s * dg[c] / M * is[c]);
+  }
+  return input_grad_from(x, grad, out, idx, a, b, k, mean);
+}
+
+// Group statistics of x (G groups of C/G consecutive channels per sample) and the per-sample,
+// per-channel affine of the normalization: {mean, invstd} float32 (N, G), {scale, shift} (N, C).
+std::vector<torch::Tensor> group_prepare(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, int64_t groups,
+                                         double eps) {
+  auto ms = is_bf16(x) ? group_stats_impl<uint16_t>(x, groups) : group_stats_impl<float>(x, groups);
+  const int64_t N = x.size(0), C = x.size(1), Cg = C / groups;
+  auto invstd = torch::empty({N, groups}, torch::kFloat);
+  auto scale = torch::empty({N, C}, torch::kFloat), shift = torch::empty({N, C}, torch::kFloat);
+  const float* mp = ms[0].data_ptr<float>();
+  const float* vp = ms[1].data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* ip = invstd.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  float* hp = shift.data_ptr<float>();
+  for (int64_t i = 0; i < N * groups; i++) ip[i] = (float)(1.0 / std::sqrt((double)vp[i] + eps));
+  for (int64_t n = 0; n < N; n++) {
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t g = n * groups + c / Cg;
+      sp[n * C + c] = wp[c] * ip[g];
+      hp[n * C + c] = bp[c] - mp[g] * sp[n * C + c];
+    }
+  }
+  return {ms[0], invstd, scale, shift};
+}
+
+// Group norm's backward from the pooled gradient: {dx, dgamma, dbeta}. Per sample n and group g
+// of M = C/G * H * W values: dx = invstd * (gamma * g_y - A / M - xhat * B / M), A = sum over the
+// group of gamma * g_y, B = sum of gamma * g_y * xhat; dbeta = sum g_y, dgamma = sum g_y * xhat.
+std::vector<torch::Tensor> group_backward(torch::Tensor x, torch::Tensor grad, torch::Tensor out, torch::Tensor idx,
+                                          torch::Tensor xmax, torch::Tensor mean, torch::Tensor invstd,
+                                          torch::Tensor gamma, bool input_grad_needed) {
+  auto sums = is_bf16(out) ? group_reduce_impl<uint16_t>(grad, out, xmax, mean, invstd)
+                           : group_reduce_impl<float>(grad, out, xmax, mean, invstd);
+  const int64_t N = x.size(0), C = x.size(1), G = mean.size(1), Cg = C / G;
+  const double M = (double)Cg * x.size(2) * x.size(3);
+  const float* s1 = sums[0].data_ptr<float>();
+  const float* s2 = sums[1].data_ptr<float>();
+  const float* ga = gamma.data_ptr<float>();
+  const float* mp = mean.data_ptr<float>();
+  const float* is = invstd.data_ptr<float>();
+  auto totals = column_sums(s1, s2, N, C);
+  const torch::Tensor dbeta = totals[0], dgamma = totals[1];
+  if (!input_grad_needed) return {torch::Tensor(), dgamma, dbeta};
+  auto a = torch::empty({N, C}, torch::kFloat), b = torch::empty({N, C}, torch::kFloat);
+  auto k = torch::empty({N, C}, torch::kFloat), mu = torch::empty({N, C}, torch::kFloat);
+  float* ap = a.data_ptr<float>(); float* bp = b.data_ptr<float>();
+  float* kp = k.data_ptr<float>(); float* up = mu.data_ptr<float>();
+  for (int64_t n = 0; n < N; n++) {
+    for (int64_t g = 0; g < G; g++) {
+      double A = 0.0, B = 0.0;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) { A += (double)ga[c] * s1[n * C + c]; B += (double)ga[c] * s2[n * C + c]; }
+      const double r = is[n * G + g];
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+        ap[n * C + c] = (float)(ga[c] * r);
+        bp[n * C + c] = (float)(r * A / M);
+        kp[n * C + c] = (float)(r * r * B / M);
+        up[n * C + c] = mp[n * G + g];
+      }
+    }
+  }
+  return {input_grad_from(x, grad, out, idx, a, b, k, mu), dgamma, dbeta};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -294,4 +475,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", torch::wrap_pybind_function(forward), "pooled output, argmax codes, x at each argmax");
   m.def("reduce", torch::wrap_pybind_function(reduce), "dbeta and dgamma from the pooled gradient");
   m.def("input_grad", torch::wrap_pybind_function(input_grad), "the input gradient at every position of x");
+  m.def("group_prepare", torch::wrap_pybind_function(group_prepare), "group statistics and per-sample affine");
+  m.def("group_backward", torch::wrap_pybind_function(group_backward), "group norm's dx, dgamma, dbeta");
 }

@@ -112,7 +112,7 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._uses_kernel(x):
-            return F.relu(F.max_pool2d(super().forward(x), 2))
+            return plain_pool(super().forward(x))
         factor = 0.0  # the running statistics' update weight, as nn.BatchNorm2d picks it
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -128,12 +128,23 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
         return _BatchNormPoolReLU.apply(x, weight, bias, mean, invstd, scale, shift)
 
 
+def plain_pool(y: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own ReLU(MaxPool2d(2)(y)): the fused modules' path where the kernel does not apply."""
+    return F.relu(F.max_pool2d(y, 2))
+
+
 def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
     """Is (norm, pool, act) PyTorch's BatchNorm2d, a plain 2x2 stride-2 MaxPool2d and a ReLU?"""
+    return type(norm) is nn.BatchNorm2d and pool_and_relu(pool, act)
+
+
+def pool_and_relu(pool: nn.Module, act: nn.Module) -> bool:
+    """Are (pool, act) a plain 2x2 stride-2 MaxPool2d (no padding, dilation, ceil mode or indices)
+    and a ReLU, the two the fused kernels apply after the norm?"""
     def pair(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
-    return (type(norm) is nn.BatchNorm2d and type(act) is nn.ReLU and type(pool) is nn.MaxPool2d
+    return (type(act) is nn.ReLU and type(pool) is nn.MaxPool2d
             and pair(pool.kernel_size) == (2, 2) and pair(pool.stride or pool.kernel_size) == (2, 2)
             and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
             and not pool.ceil_mode and not pool.return_indices)

@@ -12,15 +12,16 @@
   contiguous (N, C, H, W) gradient, and CPU max-pool backward then converts its input, indices and
   output to that layout (slow kernels, ~10% of a bf16 step at batch 64); `ChannelsLastFlatten`
   gives the same (N, C*H*W) values and hands backward a channels_last gradient.
-- batch norm + max-pool + ReLU in one CPU kernel (`normbench.kernels.fused_bn_pool`): on CPU, with
-  channels_last, every `BatchNorm2d, MaxPool2d(2), ReLU` run (after the swap above) becomes one
-  module whose forward and backward make about four passes over the map instead of about eleven;
-  about 1.2x the bf16 step at batch 64. Same parameter names; checked against the three modules.
+- norm + max-pool + ReLU in one CPU kernel (`normbench.kernels.fused_bn_pool` for BatchNorm2d,
+  `fused_gn_pool` for GroupNorm, i.e. normbench's group and layer norm, and InstanceNorm2d without
+  running statistics): on CPU, with channels_last, every `norm, MaxPool2d(2), ReLU` run (after the
+  swap above) becomes one module whose forward and backward make about four passes over the map
+  instead of about eleven. Same parameter names; checked against the three modules.
 
 `train.train` calls `prepare_model` after building the model, `prepare_data` once before the
 first step, and `optimizer_options` when it builds the optimizer. The rewrites change no
 parameter name, so state_dicts are those of the model as built (tests/test_fastpath.py,
-tests/test_fused_bn_pool.py).
+tests/test_fused_bn_pool.py, tests/test_fused_gn_pool.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ import torch
 from torch import nn
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused Adam/AdamW/SGD kernels exist
+
+
+def _fused_kinds() -> dict:
+    """Fused module class -> the norm it fuses, in words (for meta.json's fast_path_rewrites)."""
+    from normbench.kernels.fused_bn_pool import BatchNormMaxPoolReLU
+    from normbench.kernels.fused_gn_pool import GroupNormMaxPoolReLU, InstanceNormMaxPoolReLU
+
+    return {BatchNormMaxPoolReLU: "batch norm", GroupNormMaxPoolReLU: "group norm",
+            InstanceNormMaxPoolReLU: "instance norm"}
 
 
 def channels_last_on(setting: str | bool, model_name: str, sample_shape, device: torch.device) -> bool:
@@ -52,35 +62,53 @@ def prepare_model(model: nn.Module, channels_last: bool, reorder: bool = True, f
                 if type(child) is nn.Flatten and child.start_dim == 1 and child.end_dim == -1:
                     setattr(parent, name, ChannelsLastFlatten())
     if reorder and channels_last and fuse:
-        fuse_batch_norm_pool_relu(model)
+        fuse_norm_pool_relu(model)
     return model
 
 
-def fuse_batch_norm_pool_relu(model: nn.Module) -> list[str]:
-    """In place, on CPU models: every `BatchNorm2d, MaxPool2d(2), ReLU` run of a Sequential becomes
-    `BatchNormMaxPoolReLU, Identity, Identity` (normbench.kernels.fused_bn_pool; same state_dict keys).
-    Returns the runs fused; none when the model is not on the CPU or the kernel cannot be built
-    here (then `rewrites(model)` says why)."""
+def fuse_norm_pool_relu(model: nn.Module) -> list[str]:
+    """In place, on CPU models: every `norm, MaxPool2d(2), ReLU` run of a Sequential whose norm is
+    PyTorch's BatchNorm2d, GroupNorm (normbench's group and layer norm) or InstanceNorm2d without
+    running statistics becomes `<fused norm>, Identity, Identity` (normbench.kernels.fused_bn_pool
+    and fused_gn_pool; same state_dict keys). Returns the runs fused; none when the model is not on
+    the CPU or the kernel cannot be built here (then `rewrites(model)` says why)."""
     from normbench.kernels import fused_bn_pool
 
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     runs = []
     for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(sequential._modules)
         for a, b, c in zip(names, names[1:], names[2:]):
             norm, pool, act = sequential._modules[a], sequential._modules[b], sequential._modules[c]
-            if fused_bn_pool.fusable(norm, pool, act) and norm.weight is not None and norm.weight.device.type == "cpu":
-                runs.append((sequential, a, b, c))
+            fused = fused_copy(norm) if on_cpu and fused_bn_pool.pool_and_relu(pool, act) else None
+            if fused is not None:
+                runs.append((sequential, a, b, c, fused))
     if not runs:
         return []
     error = fused_bn_pool.kernel_error()
     if error:
-        model._normbench_fusion_unavailable = error
+        names = list(_fused_kinds().values())
+        kinds = sorted({_fused_kinds()[type(fused)] for *_, fused in runs}, key=names.index)
+        model._normbench_fusion_unavailable = (" and ".join(kinds), error)
         return []
-    for sequential, a, b, c in runs:
-        sequential._modules[a] = fused_bn_pool.BatchNormMaxPoolReLU.from_batch_norm(sequential._modules[a])
+    for sequential, a, b, c, fused in runs:
+        sequential._modules[a] = fused
         sequential._modules[b] = nn.Identity()
         sequential._modules[c] = nn.Identity()
-    return [f"{a}+{b}+{c}" for _, a, b, c in runs]
+    return [f"{a}+{b}+{c}" for _, a, b, c, _ in runs]
+
+
+fuse_batch_norm_pool_relu = fuse_norm_pool_relu  # the name tests/test_fastpath.py calls
+
+
+def fused_copy(norm: nn.Module) -> nn.Module | None:
+    """The module that computes ReLU(MaxPool2d(2)(norm(x))) in one CPU kernel, with norm's
+    parameters and state, or None for a norm no kernel covers."""
+    from normbench.kernels import fused_bn_pool, fused_gn_pool
+
+    if type(norm) is nn.BatchNorm2d:
+        return fused_bn_pool.BatchNormMaxPoolReLU.from_batch_norm(norm)
+    return fused_gn_pool.fuse(norm)
 
 
 def pool_before_relu(model: nn.Module) -> list[str]:
@@ -131,22 +159,24 @@ def rewrites(model: nn.Module) -> list[str]:
     done = []
     if any(isinstance(m, ChannelsLastFlatten) for m in model.modules()):
         done.append("flatten keeps a channels_last gradient")
-    from normbench.kernels.fused_bn_pool import BatchNormMaxPoolReLU
-
-    swapped, fused = [], []
+    kinds = _fused_kinds()
+    swapped, fused = [], {kind: [] for kind in kinds.values()}
     for sequential in (m for m in model.modules() if isinstance(m, nn.Sequential)):
         pairs = list(sequential.named_children())
         swapped += [f"{a} before {b}" for (a, first), (b, second) in zip(pairs, pairs[1:])
                     if type(first) is nn.MaxPool2d and type(second) is nn.ReLU]
-        fused += [f"{a}+{b}+{c}" for (a, first), (b, _), (c, _) in zip(pairs, pairs[1:], pairs[2:])
-                  if isinstance(first, BatchNormMaxPoolReLU)]
+        for (a, first), (b, _), (c, _) in zip(pairs, pairs[1:], pairs[2:]):
+            if type(first) in kinds:
+                fused[kinds[type(first)]].append(f"{a}+{b}+{c}")
     if swapped:
         done.append("max-pool before ReLU (exact): " + ", ".join(swapped))
-    if fused:
-        done.append("batch norm + max-pool + ReLU in one CPU kernel: " + ", ".join(fused))
+    for kind, runs in fused.items():
+        if runs:
+            done.append(f"{kind} + max-pool + ReLU in one CPU kernel: " + ", ".join(runs))
     unavailable = getattr(model, "_normbench_fusion_unavailable", None)
     if unavailable:
-        done.append(f"batch norm + max-pool + ReLU not fused: the CPU kernel cannot be built here ({unavailable})")
+        kind, error = unavailable
+        done.append(f"{kind} + max-pool + ReLU not fused: the CPU kernel cannot be built here ({error})")
     return done
 
 
