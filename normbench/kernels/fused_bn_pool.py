@@ -68,7 +68,7 @@ def kernel_error() -> str | None:
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
-class _BatchNormPoolReLU(torch.autograd.Function):
+class BatchNormPoolReLUFunction(torch.autograd.Function):
     """out = ReLU(MaxPool2d(2)(batch_norm(x))) with the batch statistics `mean`, `invstd` of x."""
 
     @staticmethod
@@ -125,7 +125,7 @@ class BatchNormMaxPoolReLU(nn.BatchNorm2d):
             mean, invstd, scale, shift = kernel().prepare(
                 x, weight.detach(), bias.detach(), self.running_mean if factor else none,
                 self.running_var if factor else none, factor, self.eps)
-        return _BatchNormPoolReLU.apply(x, weight, bias, mean, invstd, scale, shift)
+        return BatchNormPoolReLUFunction.apply(x, weight, bias, mean, invstd, scale, shift)
 
 
 def plain_pool(y: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normbench.kernels.fused_bn_pool import KERNEL_DTYPES, _BatchNormPoolReLU, kernel, plain_pool
+from normbench.kernels.fused_bn_pool import KERNEL_DTYPES, BatchNormPoolReLUFunction, kernel, plain_pool
 
 
-class _GroupNormPoolReLU(_BatchNormPoolReLU):
+class GroupNormPoolReLUFunction(BatchNormPoolReLUFunction):
     """out = ReLU(MaxPool2d(2)(group_norm(x))) with the group statistics `mean`, `invstd` (N, G) of
     x: batch norm's forward with per-sample scale and shift (N, C), group norm's backward."""
 
@@ -61,7 +61,7 @@ def group_norm_pool_relu(x: torch.Tensor, groups: int, weight, bias, eps: float)
     bias = bias if bias is not None else torch.zeros(channels)
     with torch.no_grad():
         mean, invstd, scale, shift = kernel().group_prepare(x, weight.detach(), bias.detach(), groups, eps)
-    return _GroupNormPoolReLU.apply(x, weight, bias, mean, invstd, scale, shift)
+    return GroupNormPoolReLUFunction.apply(x, weight, bias, mean, invstd, scale, shift)
 
 
 class GroupNormMaxPoolReLU(nn.GroupNorm):
