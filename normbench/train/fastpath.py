@@ -107,8 +107,14 @@ def fused_copy(norm: nn.Module) -> nn.Module | None:
     from normbench.kernels import fused_bn_pool, fused_gn_pool
 
     if type(norm) is nn.BatchNorm2d:
-        return fused_bn_pool.BatchNormMaxPoolReLU.from_batch_norm(norm)
-    return fused_gn_pool.fuse(norm)
+        fused = fused_bn_pool.BatchNormMaxPoolReLU.from_batch_norm(norm)
+    else:
+        fused = fused_gn_pool.fuse(norm)
+    if fused is not None:  # make_norm's tags, which meta.json's norm_layers read
+        for tag in ("norm_type", "norm_channels"):
+            if hasattr(norm, tag):
+                setattr(fused, tag, getattr(norm, tag))
+    return fused
 
 
 def pool_before_relu(model: nn.Module) -> list[str]:
