@@ -37,6 +37,7 @@ STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 CONFIG_FILE, META_FILE, STEPS_FILE, EPOCHS_FILE, ERROR_FILE = (
     "config.yaml", "meta.json", "steps.csv", "epochs.csv", "error.log",
 )
+SWEEP_FILE, INDEX_FILE = "sweep.yaml", "index.csv"  # a sweep directory's spec and its one row per point
 
 
 def file_mode() -> int:

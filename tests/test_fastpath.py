@@ -96,5 +96,5 @@ def test_the_packed_model_gets_the_same_rewrites():
     packed = fastpath.prepare_model(packed, channels_last=True, fuse=False)
     assert fastpath.rewrites(packed) == [
         "flatten keeps a channels_last gradient", "max-pool before ReLU (exact): pool1 before act1, pool2 before act2"]
-    fastpath.fuse_batch_norm_pool_relu(packed)
+    fastpath.fuse_norm_pool_relu(packed)
     assert fastpath.rewrites(packed)[1] == "batch norm + max-pool + ReLU in one CPU kernel: norm1+pool1+act1, norm2+pool2+act2"

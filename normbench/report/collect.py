@@ -21,6 +21,7 @@ import yaml
 
 from normbench.api import load_results
 from normbench.errors import NormbenchError
+from normbench.results import INDEX_FILE, SWEEP_FILE
 
 # Config keys that never split a summary row: identity, bookkeeping, or the grid's own axes.
 NOT_GROUPING = {"name", "seed", "norm.type", "batch_size", "num_threads", "dataset.name", "dataset.data_dir",
@@ -54,7 +55,7 @@ def sweep_spec(run_dir: str, cache: dict) -> SweepSpec | None:
     path = Path(run_dir).parent.parent
     if path not in cache:
         try:
-            spec = yaml.safe_load((path / "sweep.yaml").read_text(encoding="utf-8"))
+            spec = yaml.safe_load((path / SWEEP_FILE).read_text(encoding="utf-8"))
             cache[path] = SweepSpec(path, tuple(spec.get("grid") or {}), tuple(spec.get("tune") or ()))
         except (OSError, yaml.YAMLError, AttributeError):
             cache[path] = None
@@ -142,7 +143,7 @@ def points_without_runs(spec: SweepSpec, reported: set[str]) -> list[dict]:
     the `reported` run directories: not started, or tuned with no chosen setting yet. Points every
     run of which is invalid are not missing: they can never run."""
     try:
-        with open(spec.path / "index.csv", newline="", encoding="utf-8") as f:
+        with open(spec.path / INDEX_FILE, newline="", encoding="utf-8") as f:
             index = list(csv.DictReader(f))
     except OSError:
         return []

@@ -33,7 +33,8 @@ from normbench.sweep.packing import mode_line, pack_enabled, pack_label, plan_un
 from normbench.sweep.tuning import record, select, tune_keys
 from normbench.sweep.point import PackTask, PointTask
 
-SWEEPS_DIR, SWEEP_FILE, INDEX_FILE, LOCK_FILE, RUNS_DIR = "sweeps", "sweep.yaml", "index.csv", ".lock", "runs"
+SWEEPS_DIR, LOCK_FILE, RUNS_DIR = "sweeps", ".lock", "runs"
+SWEEP_FILE, INDEX_FILE = results.SWEEP_FILE, results.INDEX_FILE
 LOGS_DIR = "logs"  # logs/<point-id>.log: what each point's worker wrote to stderr (torch warnings, ...)
 INDEX_TAIL = ("lr", "status", "reason", "run_dir", "val_acc", "val_loss", "test_acc", "samples_per_s", "wall_s")
 DEFAULT_BASE = shipped_dir() / "sweep_base.yaml"  # normbench/configs/ when installed, else the checkout's configs/

@@ -87,8 +87,8 @@ def fuse_norm_pool_relu(model: nn.Module) -> list[str]:
         return []
     error = fused_bn_pool.kernel_error()
     if error:
-        names = list(_fused_kinds().values())
-        kinds = sorted({_fused_kinds()[type(fused)] for *_, fused in runs}, key=names.index)
+        named = _fused_kinds()
+        kinds = sorted({named[type(fused)] for *_, fused in runs}, key=list(named.values()).index)
         model._normbench_fusion_unavailable = (" and ".join(kinds), error)
         return []
     for sequential, a, b, c, fused in runs:
@@ -96,9 +96,6 @@ def fuse_norm_pool_relu(model: nn.Module) -> list[str]:
         sequential._modules[b] = nn.Identity()
         sequential._modules[c] = nn.Identity()
     return [f"{a}+{b}+{c}" for _, a, b, c, _ in runs]
-
-
-fuse_batch_norm_pool_relu = fuse_norm_pool_relu  # the name tests/test_fastpath.py calls
 
 
 def fused_copy(norm: nn.Module) -> nn.Module | None:
