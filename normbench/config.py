@@ -80,7 +80,8 @@ class NormConfig(_Strict):
     track_running_stats: bool | None = Field(None, description="keep running statistics for eval; null = PyTorch default "
         "(true for batch, false for instance)")
     groups: int | None = Field(None, ge=1, description="group, ws_group, evonorm_s0: number of groups; null = the largest "
-        "divisor G of C with G ≤ 32 and C/G ≥ 4 channels per group (1 group when C < 8); a set value overrides it, "
+        "divisor G of C with G ≤ 32 and C/G ≥ 4 channels per group on feature maps, ≥ 16 features per group on "
+        "feature vectors (1 group when none is); a set value overrides it, "
         "1 channel per group included. A value that does not divide a layer's channels is an error naming the layer")
     placement: Literal["pre", "post"] = Field("pre", description="norm before the activation (`pre`, as in the BN paper) "
         "or after it (`post`)")

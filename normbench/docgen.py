@@ -93,9 +93,12 @@ NORMS_NOTES = """\
 - **layer** on maps normalizes each sample over (C, H, W) with a per-channel γ/β: PyTorch's
   `GroupNorm(1, C)`, as in the Group Normalization paper; on vectors it is `LayerNorm(F)`.
 - **group** (and `ws_group`, `evonorm_s0`) uses G = `norm.groups`, or by default the largest
-  divisor of C with G ≤ 32 and at least 4 channels per group (C/G ≥ 4; one group when C < 8): the
-  cnn's 32- and 64-channel layers get 8 and 16 groups, not 32 groups of one channel (that is
-  instance norm, which the GN paper finds worse). An explicit `norm.groups` overrides it, one
+  divisor of C with G ≤ 32 and at least 4 channels per group on feature maps, 16 features per
+  group on feature vectors (one group when no G > 1 qualifies): the cnn's 32- and 64-channel conv
+  layers get 8 and 16 groups, not 32 groups of one channel (that is instance norm, which the GN
+  paper finds worse), and its 128-feature fc layer 8 groups, since a group of a vector normalizes
+  only its C/G numbers (the groups ablation in [reproductions](reproductions.md) measured 4
+  features per group 1.6 points worse than 16). An explicit `norm.groups` overrides it, one
   channel per group included; a G that does not divide a layer's channels is a config error naming
   the layer.
 - **instance** has no affine and no running statistics unless asked (PyTorch's defaults). On

@@ -23,7 +23,7 @@ def norm_rows(runner, write_config, tmp_path, *sets: str) -> list[list[dict]]:
 @pytest.mark.parametrize(
     "sets, groups",
     [
-        (["norm.type=group"], {"norm1": 8, "norm2": 16, "norm3": 32}),  # default: >= 4 channels per group
+        (["norm.type=group"], {"norm1": 8, "norm2": 16, "norm3": 8}),  # default: >= 4 channels, >= 16 features
         (["norm.type=group", "norm.groups=32"], {"norm1": 32, "norm2": 32, "norm3": 32}),  # explicit wins
         (["norm.type=ws_group", "norm.groups=2"], {"norm1": 2, "norm2": 2, "norm3": 2}),
     ],
@@ -40,7 +40,7 @@ def test_meta_of_a_packed_group_norm_run_lists_the_lane_layers(runner, write_con
     seeds = norm_rows(runner, write_config, tmp_path, "norm.type=group", "pack=2")
     assert len(seeds) == 2
     for rows in seeds:  # one run directory per seed, each listing one seed's layers, not the packed ones
-        assert [(r["layer"], r["channels"], r["groups"]) for r in rows] == [("norm1", 32, 8), ("norm2", 64, 16), ("norm3", 128, 32)]
+        assert [(r["layer"], r["channels"], r["groups"]) for r in rows] == [("norm1", 32, 8), ("norm2", 64, 16), ("norm3", 128, 8)]
 
 
 def test_meta_lists_type_and_channels_but_no_groups_for_other_norms(runner, write_config, tmp_path):

@@ -120,9 +120,19 @@ def test_options_are_honoured():
     "channels, groups",
     [(32, 8), (64, 16), (16, 4), (6, 1), (4, 1), (128, 32), (48, 12), (100, 25), (96, 24), (8, 2), (7, 1), (1, 1), (256, 32)],
 )
-def test_default_groups_is_the_largest_divisor_up_to_32_with_4_channels_per_group(channels, groups):
-    assert default_groups(channels) == groups
-    assert make_norm("group", channels).num_groups == groups
+def test_default_groups_on_maps_is_the_largest_divisor_up_to_32_with_4_channels_per_group(channels, groups):
+    assert default_groups(channels, dims=2) == groups
+    assert make_norm("group", channels, dims=2).num_groups == groups
+
+
+@pytest.mark.parametrize(
+    "features, groups",
+    [(128, 8), (64, 4), (256, 16), (512, 32), (1024, 32), (100, 5), (96, 6), (48, 3), (32, 2), (31, 1), (16, 1), (8, 1)],
+)
+def test_default_groups_on_vectors_is_the_largest_divisor_up_to_32_with_16_features_per_group(features, groups):
+    assert default_groups(features, dims=1) == groups
+    for name in ("group", "ws_group", "evonorm_s0"):
+        assert make_norm(name, features, dims=1).num_groups == groups, name
 
 
 def test_explicit_groups_override_the_default_even_at_one_channel_per_group():

@@ -55,7 +55,7 @@ def _build_layer(channels: int, dims: int, opts: NormOptions, layer: str, impl: 
 
 
 def _build_group(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
-    groups = resolve_groups(channels, opts, layer)
+    groups = resolve_groups(channels, dims, opts, layer)
     cls = ref.ReferenceGroupNorm if impl == "reference" else nn.GroupNorm
     return cls(groups, channels, eps=opts.eps, affine=pick(opts.affine, True))
 

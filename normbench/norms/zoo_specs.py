@@ -21,7 +21,7 @@ def build_ghost_batch(channels: int, dims: int, opts: NormOptions, layer: str, i
 def build_ws_group(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     """Group norm whose `wrap_layer` standardizes the block's conv/linear weight."""
     cls = ReferenceWSGroupNorm if impl == "reference" else WSGroupNorm
-    groups = resolve_groups(channels, opts, layer)
+    groups = resolve_groups(channels, dims, opts, layer)
     return cls(groups, channels, eps=opts.eps, affine=pick(opts.affine, True), ws_eps=opts.ws_eps)
 
 
@@ -33,7 +33,7 @@ def build_evonorm_b0(channels: int, dims: int, opts: NormOptions, layer: str, im
 
 def build_evonorm_s0(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
     """EvoNorm-S0 over norm.groups groups (default as group norm)."""
-    return EvoNormS0(resolve_groups(channels, opts, layer), channels, eps=opts.eps, affine=pick(opts.affine, True))
+    return EvoNormS0(resolve_groups(channels, dims, opts, layer), channels, eps=opts.eps, affine=pick(opts.affine, True))
 
 
 def build_rms(channels: int, dims: int, opts: NormOptions, layer: str, impl: str = "torch") -> nn.Module:
