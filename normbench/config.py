@@ -240,22 +240,29 @@ class Config(_Strict):
         return self
 
 
-def _check_packable(cfg: "Config") -> None:
-    """pack > 1 only where packing is exact; anything else is an error, never a silent wrong result."""
+def pack_obstacle(cfg: "Config") -> tuple[str, str]:
+    """What in `cfg` packing is not supported with, and what to do instead; ('', '') where packing
+    is exact (the model, the norm and every option allow it)."""
     if cfg.model not in PACKABLE_MODELS:
-        raise ValueError(f"pack={cfg.pack} is not supported with model {cfg.model}; packable models: "
-                         f"{', '.join(PACKABLE_MODELS)} (or set pack: 1)")
+        return f"model {cfg.model}", f"packable models: {', '.join(PACKABLE_MODELS)} (or set pack: 1)"
     if cfg.norm.type not in PACKABLE_NORMS or cfg.norm.impl != "torch":
-        raise ValueError(f"pack={cfg.pack} is not supported with norm {cfg.norm.type} (impl {cfg.norm.impl}): packing "
-                         f"converts only PyTorch's own modules of {', '.join(PACKABLE_NORMS)} exactly; use one with "
-                         "impl torch (or set pack: 1)")
+        return (f"norm {cfg.norm.type} (impl {cfg.norm.impl})", "packing converts only PyTorch's own modules of "
+                f"{', '.join(PACKABLE_NORMS)} exactly; use one with impl torch (or set pack: 1)")
     unsupported = [key for key, used in (("probe", cfg.probe), ("precise_bn", cfg.precise_bn), ("norm.sync", cfg.norm.sync))
                    if used]
     if unsupported:
-        raise ValueError(f"pack={cfg.pack} is not supported with {', '.join(unsupported)}; remove it or set pack: 1")
+        return ", ".join(unsupported), "remove it or set pack: 1"
     if cfg.precision == "fp16":
-        raise ValueError(f"pack={cfg.pack} is not supported with precision fp16: one loss scaler would skip "
-                         "every seed's step when one seed overflows; use fp32 or bf16 (or set pack: 1)")
+        return "precision fp16", ("one loss scaler would skip every seed's step when one seed overflows; use fp32 or "
+                                  "bf16 (or set pack: 1)")
+    return "", ""
+
+
+def _check_packable(cfg: "Config") -> None:
+    """pack > 1 only where packing is exact; anything else is an error, never a silent wrong result."""
+    what, advice = pack_obstacle(cfg)
+    if what:
+        raise ValueError(f"pack={cfg.pack} is not supported with {what}: {advice}")
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:

@@ -139,12 +139,15 @@ def test_without_a_compiler_the_model_stays_as_built_and_says_why(monkeypatch):
         "batch norm + max-pool + ReLU not fused: the CPU kernel cannot be built here (no C++ compiler found)")
 
 
-def test_only_pytorchs_batch_norm_with_a_plain_2x2_pool_and_relu_is_fused():
-    bn, pool, relu = nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.ReLU()
-    assert fused_bn_pool.fusable(bn, pool, relu)
-    assert not fused_bn_pool.fusable(bn, nn.MaxPool2d(3), relu)
-    assert not fused_bn_pool.fusable(bn, nn.MaxPool2d(2, stride=1), relu)
-    assert not fused_bn_pool.fusable(bn, nn.MaxPool2d(2, padding=1), relu)
-    assert not fused_bn_pool.fusable(bn, nn.MaxPool2d(2, ceil_mode=True), relu)
-    assert not fused_bn_pool.fusable(bn, pool, nn.Sigmoid())
-    assert not fused_bn_pool.fusable(nn.GroupNorm(2, 4), pool, relu)
+def test_only_pytorchs_norms_with_a_plain_2x2_pool_and_relu_are_fused():
+    pool, relu = nn.MaxPool2d(2), nn.ReLU()
+    assert fused_bn_pool.pool_and_relu(pool, relu)
+    for other in (nn.MaxPool2d(3), nn.MaxPool2d(2, stride=1), nn.MaxPool2d(2, padding=1), nn.MaxPool2d(2, ceil_mode=True),
+                  nn.MaxPool2d(2, dilation=2), nn.MaxPool2d(2, return_indices=True)):
+        assert not fused_bn_pool.pool_and_relu(other, relu), other
+    assert not fused_bn_pool.pool_and_relu(pool, nn.Sigmoid())
+    assert isinstance(fastpath.fused_copy(nn.BatchNorm2d(4)), BatchNormMaxPoolReLU)
+    assert fastpath.fused_copy(nn.GroupNorm(2, 4)) is not None
+    assert fastpath.fused_copy(nn.InstanceNorm2d(4)) is not None
+    for uncovered in (nn.BatchNorm1d(4), nn.SyncBatchNorm(4), nn.InstanceNorm2d(4, track_running_stats=True), nn.Identity()):
+        assert fastpath.fused_copy(uncovered) is None, uncovered

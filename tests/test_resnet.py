@@ -77,7 +77,7 @@ def test_every_norm_builds_in_resnet20_and_trains_a_step(norm):
 def test_pack_is_refused_with_the_reason(runner, write_config, tmp_path):
     result = runner.invoke(app, ["run", str(write_config(model="resnet20", pack=2)), "--results-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "pack=2 is not supported with model resnet20; packable models: cnn, mlp, bn_mlp" in " ".join(result.output.split())
+    assert "pack=2 is not supported with model resnet20: packable models: cnn, mlp, bn_mlp" in " ".join(result.output.split())
     # Packing must be exact or refused: the converter refuses residual blocks rather than pack them wrongly.
     models = [build_model("resnet20", (1, 12, 12), 4, factory("batch")) for _ in range(2)]
     with pytest.raises(ConfigError, match="pack is not supported with layer 'stage1'"):

@@ -133,11 +133,6 @@ def plain_pool(y: torch.Tensor) -> torch.Tensor:
     return F.relu(F.max_pool2d(y, 2))
 
 
-def fusable(norm: nn.Module, pool: nn.Module, act: nn.Module) -> bool:
-    """Is (norm, pool, act) PyTorch's BatchNorm2d, a plain 2x2 stride-2 MaxPool2d and a ReLU?"""
-    return type(norm) is nn.BatchNorm2d and pool_and_relu(pool, act)
-
-
 def pool_and_relu(pool: nn.Module, act: nn.Module) -> bool:
     """Are (pool, act) a plain 2x2 stride-2 MaxPool2d (no padding, dilation, ceil mode or indices)
     and a ReLU, the two the fused kernels apply after the norm?"""

@@ -8,8 +8,7 @@ row, so resume, `--retry-diverged` and `report` see a packed sweep as an unpacke
 
 from __future__ import annotations
 
-import re
-
+from normbench.config import pack_obstacle
 from normbench.errors import ConfigError, NormbenchError
 from normbench.sweep.grid import Point, point_id
 
@@ -50,11 +49,13 @@ def pack_problem(points: list[Point]) -> str:
         return "no seed axis"
     if len(points) < 2:
         return "one seed to run"
+    what, _ = pack_obstacle(points[0].config)
+    if what:
+        return what
     try:
         pack_config([p.config for p in points])
     except NormbenchError as exc:
-        found = re.search(r"not supported with (.+?)(?:[;:]|$)", exc.message)
-        return found.group(1) if found else exc.message
+        return exc.message
     return ""
 
 
