@@ -213,3 +213,27 @@ def test_seeds_that_differ_in_more_than_their_seed_do_not_pack(tmp_path):
         pack_config([one, one])
     assert pack_config([one, validate(tiny_config(seed=3), "t")]).pack == 2
     assert not list(tmp_path.iterdir())  # refused before any run directory
+
+
+def test_ctrl_c_between_two_seeds_directories_leaves_none_running(tmp_path, monkeypatch):
+    """A SIGTERM (KeyboardInterrupt) after the first seed's run directory is made and before the
+    second's: the first records itself interrupted, not running, and the interrupt goes on up."""
+    from normbench.config import validate
+    from normbench.train import runner
+
+    from conftest import tiny_config
+
+    made, open_run_dir = [], runner._open_run_dir
+
+    def interrupt_the_second(*args, **kwargs):
+        if made:
+            raise KeyboardInterrupt
+        made.append(open_run_dir(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "_open_run_dir", interrupt_the_second)
+    configs = [validate(tiny_config(seed=s), "t") for s in (0, 1)]
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_seeds_packed(configs, [tmp_path / "a", tmp_path / "b"])
+    assert read_meta(tmp_path / "a")["status"] == "interrupted"
+    assert not (tmp_path / "b").exists()

@@ -209,6 +209,10 @@ def _train_packed(cfg: Config, configs: list[Config], results_dir, path_for, dat
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise NormbenchError(f"cannot create the packed run directories in '{results_dir}': {why}; "
                              "free some space or pass --results-dir DIR") from None
+    except KeyboardInterrupt:  # Ctrl-C or a sweep's SIGTERM between two seeds' directories
+        for lane in lanes:  # the ones made end as interrupted, like the seeds not yet made
+            _record(lane, "interrupted", EXIT_INTERRUPTED, INTERRUPTED, "")
+        raise
     return train_lanes(lanes, lambda: PackedSeeds(lanes, world.device), reporter)
 
 
